@@ -1,0 +1,36 @@
+# ct_assets — `make demo`, `make test`, `make dev`. Needs only python3 (3.11+) on the PATH.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CT := $(BIN)/ct
+
+.PHONY: demo test dev lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: simulate 30 days ending today, ingest them and build features; prints a summary
+demo: $(STAMP)
+	$(CT) simulate --days 30
+	DAGSTER_HOME=$$($(CT) home) $(CT) run
+
+## test: the whole suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
+dev: $(STAMP)
+	DAGSTER_HOME=$$($(CT) home) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf data/landing data/quarantine data/dagster data/warehouse.duckdb* data/landing_catalog.*

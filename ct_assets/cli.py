@@ -1,0 +1,159 @@
+"""The `ct` command: simulate data, run the pipeline in-process, inspect the quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ct_assets.lib.config import Config, ConfigError, load_config
+
+DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+
+def prepare_dagster_home(config: Config) -> Path:
+    """Create `<storage.dir>/dagster` with the project's `dagster.yaml`, unless DAGSTER_HOME is set.
+
+    Returns:
+        The Dagster home directory in use.
+    """
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+    else:
+        home = config.dagster_home
+        os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    template = config.path.parent / "dagster.yaml" if config.path else None
+    target = home / "dagster.yaml"
+    if template and template.is_file():
+        if not target.exists() or target.read_bytes() != template.read_bytes():
+            shutil.copyfile(template, target)
+    elif not target.exists():
+        target.write_text(DEFAULT_INSTANCE_YAML, encoding="utf-8")
+    return home
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
+    """Write simulated days into the landing dir."""
+    from ct_assets.lib import simulator
+
+    if config.dataset.source != "simulator":
+        raise ConfigError(f"{config.path}: dataset.source is {config.dataset.source!r}; "
+                          "`ct simulate` needs dataset.source: simulator")
+    start = args.start or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.days - 1)
+    drift_start = None
+    if args.drift != "none":
+        offset = args.drift_day if args.drift_day is not None else args.days // 2
+        drift_start = start + dt.timedelta(days=offset)
+    scenario = simulator.DriftScenario(kind=args.drift, start=drift_start)
+    paths = simulator.write_days(config.landing_dir, start=start, days=args.days,
+                                 rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario)
+    report = {"landing_dir": str(config.landing_dir), "files": len(paths),
+              "first_day": start.isoformat(),
+              "last_day": (start + dt.timedelta(days=args.days - 1)).isoformat(),
+              "rows_per_day": args.rows_per_day, "drift": args.drift,
+              "drift_start": drift_start.isoformat() if drift_start else None}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        drift = f", {args.drift} drift from {drift_start}" if drift_start else ""
+        print(f"landed {len(paths)} days ({report['first_day']} … {report['last_day']}), "
+              f"{args.rows_per_day} rows/day{drift} → {config.landing_dir}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """Ingest what has landed and build features, in-process, then print a summary."""
+    from ct_assets.runner import run_pipeline
+
+    prepare_dagster_home(config)
+    summary = run_pipeline(config, rebuild=args.all, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        from ct_assets.runner import format_summary
+
+        print(format_summary(summary))
+    return 0 if summary["failed_runs"] == 0 else 1
+
+
+def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
+    """List what ingestion rejected."""
+    from ct_assets.lib.quarantine import Quarantine
+    from ct_assets.lib.reports import text_table
+
+    entries = Quarantine(config.quarantine_dir).entries()
+    if args.json:
+        print(json.dumps(entries, default=str))
+    elif not entries:
+        print("quarantine is empty")
+    else:
+        print(text_table(entries, ["source_file", "partition", "check", "rows", "reason"]))
+    return 0
+
+
+def cmd_home(args: argparse.Namespace, config: Config) -> int:
+    """Print the Dagster home of this project (created with its dagster.yaml)."""
+    print(prepare_dagster_home(config))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ct` argument parser."""
+    parser = argparse.ArgumentParser(prog="ct", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $CT_CONFIG or ./ct.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="write simulated days into the landing dir")
+    simulate.add_argument("--days", type=int, default=30)
+    simulate.add_argument("--start", type=_day, help="first day (default: days end today)")
+    simulate.add_argument("--rows-per-day", type=int, default=2000)
+    simulate.add_argument("--drift", default="none",
+                          choices=["none", "covariate", "concept", "prior", "gradual", "segment"])
+    simulate.add_argument("--drift-day", type=int,
+                          help="first drifted day, counted from --start (0 = the first day)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--json", action="store_true")
+    simulate.set_defaults(handler=cmd_simulate)
+
+    run = commands.add_parser("run", help="ingest what landed and bring assets up to date")
+    run.add_argument("--all", action="store_true", help="rebuild every landed partition")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+    quarantine = commands.add_parser("quarantine", help="list rejected rows and files")
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(handler=cmd_quarantine)
+
+    home = commands.add_parser("home", help="print (and create) this project's DAGSTER_HOME")
+    home.set_defaults(handler=cmd_home)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ct` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace, Config], int] = args.handler
+    try:
+        config = load_config(args.config)
+        return handler(args, config)
+    except (ConfigError, ValueError, FileNotFoundError, LookupError) as error:
+        message = " ".join(str(error).split())
+        print(f"ct {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

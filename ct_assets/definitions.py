@@ -1,0 +1,33 @@
+"""Assembles the Dagster definitions from the project's configuration."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ct_assets.defs.features import build_feature_assets
+from ct_assets.defs.ingest import build_ingest_assets
+from ct_assets.defs.partitions import build_partitions
+from ct_assets.defs.resources import build_resources
+from ct_assets.lib.config import Config, load_config
+from ct_assets.lib.ingest import check_columns_in_data
+
+
+def build_definitions(config: Config) -> dg.Definitions:
+    """Every asset, check, job and resource for one configuration."""
+    check_columns_in_data(config)
+    partitions_def = build_partitions(config)
+    assets = [
+        *build_ingest_assets(config, partitions_def),
+        *build_feature_assets(config, partitions_def),
+    ]
+    data_job = dg.define_asset_job(
+        "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
+        partitions_def=partitions_def,
+    )
+    return dg.Definitions(assets=assets, jobs=[data_job], resources=build_resources(config))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Definitions for `ct.yaml` (or `$CT_CONFIG`), loaded by `dagster` and the `ct` command."""
+    return build_definitions(load_config())

@@ -1,0 +1,43 @@
+"""Helpers that turn lib results into Dagster metadata and check results."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from ct_assets.lib.quality import CheckOutcome
+from ct_assets.lib.reports import markdown_table
+
+_TABLE_TYPES = {pl.Float64: "float", pl.Float32: "float", pl.Int64: "int", pl.Int32: "int",
+                pl.Int8: "int", pl.Boolean: "bool", pl.String: "string"}
+
+
+def column_schema(frame: pl.DataFrame, descriptions: dict[str, str] | None = None
+                  ) -> dg.TableSchema:
+    """The frame's columns as a Dagster table schema."""
+    notes = descriptions or {}
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name, _TABLE_TYPES.get(dtype, str(dtype)), description=notes.get(name))
+        for name, dtype in frame.schema.items()
+    ])
+
+
+def frame_metadata(frame: pl.DataFrame, preview_rows: int = 5) -> dict[str, object]:
+    """Row count, column schema and a small preview: what every table asset reports."""
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": column_schema(frame),
+        "preview": dg.MetadataValue.md(markdown_table(frame, preview_rows)),
+    }
+
+
+def check_result(outcome: CheckOutcome, asset: str) -> dg.AssetCheckResult:
+    """A check result carrying the observed value and the threshold."""
+    severity = dg.AssetCheckSeverity.WARN if outcome.warn_only else dg.AssetCheckSeverity.ERROR
+    metadata: dict[str, object] = {"observed": outcome.observed, "threshold": outcome.threshold}
+    for key, value in outcome.details.items():
+        metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name=outcome.name, passed=outcome.passed,
+        severity=severity, metadata=metadata,
+    )

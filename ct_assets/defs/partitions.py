@@ -1,0 +1,24 @@
+"""The time partitions of every partitioned asset, from `partitions` in `ct.yaml`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ct_assets.lib.config import Config
+
+
+def build_partitions(config: Config) -> dg.TimeWindowPartitionsDefinition:
+    """UTC time partitions starting at `partitions.start`, including the current period.
+
+    `end_offset=1` makes the period in progress a partition too: data for today lands today.
+    Weekly partitions start on Monday, as polars' `truncate("1w")` does.
+    """
+    start = config.partitions.start.isoformat()
+    granularity = config.partitions.granularity
+    if granularity == "hourly":
+        return dg.HourlyPartitionsDefinition(start_date=f"{start}-00:00", end_offset=1)
+    if granularity == "weekly":
+        return dg.WeeklyPartitionsDefinition(start_date=start, day_offset=1, end_offset=1)
+    if granularity == "monthly":
+        return dg.MonthlyPartitionsDefinition(start_date=start, end_offset=1)
+    return dg.DailyPartitionsDefinition(start_date=start, end_offset=1)

@@ -1,0 +1,381 @@
+"""The project's configuration: `ct.yaml` (or `$CT_CONFIG`) loaded into one validated object.
+
+Every key outside `dataset` has a default, so a minimal file names only the data. Every path is
+relative to the config file. Errors are one line naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ct_assets.lib import simulator
+
+CONFIG_ENV = "CT_CONFIG"
+DEFAULT_CONFIG_NAME = "ct.yaml"
+
+LogicalType = Literal["float", "int", "bool", "string", "category", "timestamp"]
+Granularity = Literal["hourly", "daily", "weekly", "monthly"]
+
+# Partition granularity -> (polars truncate interval, Dagster partition key format).
+GRANULARITIES: dict[str, tuple[str, str]] = {
+    "hourly": ("1h", "%Y-%m-%d-%H:%M"),
+    "daily": ("1d", "%Y-%m-%d"),
+    "weekly": ("1w", "%Y-%m-%d"),
+    "monthly": ("1mo", "%Y-%m-%d"),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message is one line naming the key and the value."""
+
+
+def parse_duration(value: str | int | float) -> dt.timedelta:
+    """Parse `30m`, `12h`, `7d`, `2w` (or a number of seconds) into a timedelta.
+
+    Raises:
+        ValueError: the text is not a duration.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like '30m', '12h', '7d' or '2w'")
+    return dt.timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Section):
+    """One declared input column: its type, whether it may be null, and its valid range."""
+
+    type: LogicalType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allow_non_finite: bool = False
+
+
+def _column_spec(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+class DatasetConfig(_Section):
+    """What the data is and where it lands."""
+
+    source: Literal["simulator", "files"]
+    landing_dir: Path | None = None
+    timestamp: str | None = None
+    timestamp_format: str | None = None
+    target: str | None = None
+    id: str | None = None
+    segment: str | None = None
+    columns: dict[str, Annotated[ColumnSpec, Field()]] = Field(default_factory=dict)
+    categorical: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    delimiter: str = ","
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _short_column_specs(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: _column_spec(spec) for name, spec in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> DatasetConfig:
+        if self.source == "simulator":
+            defaults = {
+                "timestamp": simulator.TIMESTAMP_COLUMN,
+                "target": simulator.TARGET_COLUMN,
+                "id": simulator.ID_COLUMN,
+                "segment": simulator.SEGMENT_COLUMN,
+            }
+            for key, value in defaults.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+            if not self.columns:
+                object.__setattr__(self, "columns", simulator_columns())
+        else:
+            for key in ("timestamp", "target", "columns"):
+                if not getattr(self, key):
+                    raise ValueError(f"dataset.{key} is required when dataset.source is 'files'")
+        if len(self.delimiter) != 1:
+            raise ValueError(f"dataset.delimiter must be one character, got {self.delimiter!r}")
+        named = {"timestamp": self.timestamp, "target": self.target, "id": self.id,
+                 "segment": self.segment}
+        for key, column in named.items():
+            if column is not None and column not in self.columns:
+                raise ValueError(f"dataset.{key}: column {column!r} is not in dataset.columns")
+        for key in ("categorical", "exclude"):
+            for column in getattr(self, key):
+                if column not in self.columns:
+                    raise ValueError(f"dataset.{key}: column {column!r} is not in dataset.columns")
+        if self.columns[self.timestamp].type not in ("timestamp", "string"):
+            raise ValueError(
+                f"dataset.columns.{self.timestamp}: the timestamp column must have type "
+                f"'timestamp', got {self.columns[self.timestamp].type!r}"
+            )
+        return self
+
+    def column_types(self) -> dict[str, str]:
+        """Declared logical type of every column; `categorical` columns become `category`."""
+        types = {name: spec.type for name, spec in self.columns.items()}
+        types[self.timestamp] = "timestamp"
+        for name in self.categorical:
+            types[name] = "category"
+        return types
+
+    def feature_columns(self) -> list[str]:
+        """Input columns that feed features: all but timestamp, target, id and `exclude`."""
+        skip = {self.timestamp, self.target, self.id, *self.exclude}
+        return [name for name in self.columns if name not in skip]
+
+
+def simulator_columns() -> dict[str, ColumnSpec]:
+    """Column specs of the built-in simulator, with the ranges its data must respect."""
+    specs = {name: ColumnSpec(type=kind) for name, kind in simulator.SIMULATOR_COLUMNS.items()}
+    bounds = {"amount": (0.0, None), "customer_age": (18, 120), "account_age_days": (0, None),
+              "distance_from_home_km": (0.0, None), "txn_count_24h": (0, None),
+              "device_trust_score": (0.0, 1.0)}
+    for name, (low, high) in bounds.items():
+        if name in specs:
+            specs[name] = ColumnSpec(type=specs[name].type, min=low, max=high)
+    for name in (simulator.TIMESTAMP_COLUMN, simulator.TARGET_COLUMN, simulator.ID_COLUMN):
+        specs[name] = ColumnSpec(type=specs[name].type, nullable=False)
+    return specs
+
+
+class PartitionsConfig(_Section):
+    """How time is cut into partitions (UTC)."""
+
+    start: dt.date = dt.date(2025, 1, 1)
+    granularity: Granularity = "daily"
+
+    @property
+    def truncate_every(self) -> str:
+        """The polars `dt.truncate` interval of one partition."""
+        return GRANULARITIES[self.granularity][0]
+
+    @property
+    def key_format(self) -> str:
+        """The strftime format of a partition key."""
+        return GRANULARITIES[self.granularity][1]
+
+
+class FeaturesConfig(_Section):
+    """Feature engineering settings."""
+
+    lookback: int = Field(default=7, ge=1, le=366)
+    relative_to_recent: list[str] | None = None
+
+
+class TrainingConfig(_Section):
+    """How candidate models are trained."""
+
+    window: int = Field(default=30, ge=2)
+    holdout: int = Field(default=5, ge=1)
+    model: str = "lightgbm"
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _holdout_inside_window(self) -> TrainingConfig:
+        if self.holdout >= self.window:
+            raise ValueError(
+                f"training.holdout ({self.holdout}) must be smaller than "
+                f"training.window ({self.window})"
+            )
+        return self
+
+
+class GateConfig(_Section):
+    """When a candidate may replace the champion."""
+
+    metric: str = "roc_auc"
+    min_value: float = 0.6
+    max_regression: float = Field(default=0.01, ge=0)
+
+
+class DriftConfig(_Section):
+    """Drift detection settings."""
+
+    methods: str | dict[str, str] = "auto"
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    share: float = Field(default=0.5, gt=0, le=1)
+    critical: list[str] = Field(default_factory=list)
+
+
+class TriggersConfig(_Section):
+    """Which retraining triggers are on, and their settings."""
+
+    drift: bool = True
+    performance: bool = True
+    freshness: bool = True
+    schedule: bool = False
+    max_model_age: str = "7d"
+    cron: str = "0 3 * * 0"
+    min_performance: float = 0.7
+    label_delay: int = Field(default=1, ge=0)
+
+    @field_validator("max_model_age")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class ChecksConfig(_Section):
+    """Thresholds of the data-quality checks on `raw_events`."""
+
+    max_null_rate: float = Field(default=0.1, ge=0, le=1)
+    max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
+
+
+class StorageConfig(_Section):
+    """Where this project's state lives."""
+
+    dir: Path = Path("data")
+
+
+class Config(_Section):
+    """The whole validated configuration; paths are absolute once loaded."""
+
+    dataset: DatasetConfig
+    partitions: PartitionsConfig = PartitionsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
+    triggers: TriggersConfig = TriggersConfig()
+    checks: ChecksConfig = ChecksConfig()
+    storage: StorageConfig = StorageConfig()
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_features(self) -> Config:
+        for column in self.relative_columns():
+            if column not in self.dataset.columns:
+                raise ValueError(
+                    f"features.relative_to_recent: column {column!r} is not in dataset.columns"
+                )
+            if self.dataset.column_types()[column] not in ("float", "int"):
+                raise ValueError(
+                    f"features.relative_to_recent: column {column!r} is not numeric"
+                )
+        return self
+
+    def relative_columns(self) -> list[str]:
+        """Numeric columns expressed relative to their recent (segment) mean."""
+        if self.features.relative_to_recent is not None:
+            return list(self.features.relative_to_recent)
+        return ["amount"] if self.dataset.source == "simulator" else []
+
+    @property
+    def storage_dir(self) -> Path:
+        """Directory holding the warehouse, the model store, quarantine and Dagster's storage."""
+        return self.storage.dir
+
+    @property
+    def landing_dir(self) -> Path:
+        """Directory where incoming files land."""
+        return self.dataset.landing_dir or self.storage.dir / "landing"
+
+    @property
+    def warehouse_path(self) -> Path:
+        """The DuckDB file."""
+        return self.storage.dir / "warehouse.duckdb"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where rejected rows and files are recorded."""
+        return self.storage.dir / "quarantine"
+
+    @property
+    def models_dir(self) -> Path:
+        """The model store."""
+        return self.storage.dir / "models"
+
+    @property
+    def landing_catalog_path(self) -> Path:
+        """What ingestion knows of each landed file version (per granularity)."""
+        return self.storage.dir / f"landing_catalog.{self.partitions.granularity}.json"
+
+    @property
+    def dagster_home(self) -> Path:
+        """Dagster's instance directory for this project."""
+        return self.storage.dir / "dagster"
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        parts.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def config_from_dict(raw: Any, *, base_dir: Path, source: str = "config") -> Config:
+    """Validate a parsed YAML document and resolve its paths against `base_dir`.
+
+    Raises:
+        ConfigError: one line naming each wrong key and its value.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error)) from None
+    storage_dir = (base_dir / config.storage.dir).resolve()
+    dataset = config.dataset
+    landing = (base_dir / dataset.landing_dir).resolve() if dataset.landing_dir else None
+    return config.model_copy(
+        update={
+            "storage": StorageConfig(dir=storage_dir),
+            "dataset": dataset.model_copy(update={"landing_dir": landing}),
+        }
+    )
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file in use: `path`, else `$CT_CONFIG`, else `./ct.yaml`."""
+    chosen = path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the configuration file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid.
+    """
+    file = config_path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"{file}: config file not found (set {CONFIG_ENV} or run from the project root)"
+        )
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        detail = str(error).replace("\n", " ")
+        raise ConfigError(f"{file}: not valid YAML: {detail}") from None
+    config = config_from_dict(raw, base_dir=file.parent, source=str(file))
+    return config.model_copy(update={"path": file})
