@@ -22,7 +22,6 @@ def build_definitions(config: Config) -> dg.Definitions:
     ]
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
-        partitions_def=partitions_def,
     )
     return dg.Definitions(assets=assets, jobs=[data_job], resources=build_resources(config))
 

@@ -319,6 +319,16 @@ class Config(_Section):
         return self.storage.dir / "dagster"
 
 
+class _TextDatesLoader(yaml.SafeLoader):
+    """Safe YAML loader that leaves dates as text, so pydantic reports a bad one by key."""
+
+
+_TextDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _format_error(source: str, error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -373,7 +383,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             f"{file}: config file not found (set {CONFIG_ENV} or run from the project root)"
         )
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_TextDatesLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         detail = str(error).replace("\n", " ")
         raise ConfigError(f"{file}: not valid YAML: {detail}") from None
