@@ -81,7 +81,8 @@ def test_prior_drift_raises_the_fraud_rate_from_its_day_only():
     assert drifted / n_d > 2 * clean_b / n_b
     table = [[clean_a, n_a - clean_a], [clean_b, n_b - clean_b]]
     assert stats.chi2_contingency(table).pvalue > 0.01
-    assert stats.chi2_contingency([[clean_b, n_b - clean_b], [drifted, n_d - drifted]]).pvalue < 1e-6
+    shifted = [[clean_b, n_b - clean_b], [drifted, n_d - drifted]]
+    assert stats.chi2_contingency(shifted).pvalue < 1e-6
     before, after = amounts("prior", 9), amounts("prior", 10)
     assert stats.ks_2samp(before, after).pvalue > 0.01
 
