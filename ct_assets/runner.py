@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import dagster as dg
 import polars as pl
@@ -15,6 +16,10 @@ from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse
+
+# Beta notices about backfill policies and partition mappings are noise for `ct` users.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

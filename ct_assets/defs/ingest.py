@@ -8,8 +8,9 @@ import polars as pl
 from ct_assets.defs.metadata import check_result, frame_metadata
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
 from ct_assets.lib.config import Config
-from ct_assets.lib.ingest import FileCatalog, ingest_window, partition_keys
+from ct_assets.lib.ingest import FileCatalog, IngestResult, ingest_window, partition_keys
 from ct_assets.lib.quality import RAW_EVENTS_CHECKS, check_raw_events
+from ct_assets.lib.reports import markdown_table
 from ct_assets.lib.validation import PARTITION
 
 
@@ -57,6 +58,7 @@ def build_ingest_assets(
             records.replace_unplaced_rows(source_file, unplaced)
         for source_file in result.good_files:
             records.clear_file(source_file)
+        records.forget_missing_files(result.present_files)
         for file, reason in result.rejected_files:
             records.reject_file(file.relpath, reason, file.size)
             context.log.warning(f"quarantined file {file.relpath}: {reason}")
@@ -75,6 +77,7 @@ def build_ingest_assets(
                 "files_read": result.files_read,
                 "files_skipped": result.files_skipped,
                 "rows_by_partition": dg.MetadataValue.json(per_partition),
+                "rejected": dg.MetadataValue.md(_rejections(result)),
                 "read_validate_seconds": round(result.timings["read_validate_s"], 3),
                 "write_seconds": round(written, 3),
             },
@@ -88,3 +91,17 @@ def _per_partition(keys: list[str], rows: pl.DataFrame, rejected: pl.DataFrame) 
     landed = dict(rows.group_by(PARTITION).len().iter_rows()) if rows.height else {}
     refused = dict(rejected.group_by(PARTITION).len().iter_rows()) if rejected.height else {}
     return {key: {"rows": landed.get(key, 0), "quarantined": refused.get(key, 0)} for key in keys}
+
+
+def _rejections(result: IngestResult) -> str:
+    """A Markdown table of what this run rejected: whole files, then rows by file and check."""
+    files = [{"source_file": f.relpath, "check": "bad_file", "rows": "whole file",
+              "reason": reason} for f, reason in result.rejected_files]
+    rows = pl.concat([result.rejected_rows, *result.unplaced_rows.values()])
+    grouped = (rows.group_by("_source_file", "check", maintain_order=True)
+               .agg(pl.len().alias("rows"), pl.col("reason").first())
+               .rename({"_source_file": "source_file"}))
+    table = pl.DataFrame(files, schema={c: pl.String for c in ("source_file", "check", "rows",
+                                                             "reason")})
+    table = pl.concat([table, grouped.with_columns(pl.col("rows").cast(pl.String))])
+    return markdown_table(table, max_rows=50) if table.height else "Nothing rejected."

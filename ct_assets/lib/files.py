@@ -125,17 +125,31 @@ def _read_csv(path: Path, delimiter: str) -> pl.DataFrame:
         if error.start < len(sample) - 4:  # a cut multi-byte character at the end is fine
             raise BadFile(f"not UTF-8 text (invalid byte at offset {error.start})") from None
     try:
-        return pl.read_csv(
-            path, separator=delimiter, infer_schema=False, encoding="utf8",
-            missing_utf8_is_empty_string=False, truncate_ragged_lines=False,
-        )
+        frame = pl.read_csv(path, separator=delimiter, infer_schema=False, encoding="utf8",
+                            truncate_ragged_lines=False)
     except pl.exceptions.NoDataError:
         raise BadFile("empty file (no header)") from None
-    except Exception as error:  # ragged lines or bad encoding further in
+    except pl.exceptions.PolarsError as error:  # too many fields, or bad bytes further in
         message = _one_line(error)
         if "utf-8" in message.lower() or "utf8" in message.lower():
             raise BadFile("not UTF-8 text") from None
         return _read_ragged_csv(path, delimiter, message)
+    if _has_short_rows(path, delimiter, len(frame.columns)):
+        return _read_ragged_csv(path, delimiter, "rows with too few fields")
+    return frame
+
+
+def _has_short_rows(path: Path, delimiter: str, width: int) -> bool:
+    """Whether some line has fewer delimiters than the header (polars pads those with nulls).
+
+    Counting delimiters ignores quoting, so a quoted delimiter only sends the file down the
+    exact (slower) path; it never hides a short row.
+    """
+    lines = pl.read_csv(path, has_header=False, separator="\x1f", quote_char=None,
+                        infer_schema=False, new_columns=["line"], truncate_ragged_lines=True)
+    body = lines["line"].slice(1).drop_nulls().str.strip_chars_end("\r")
+    counts = body.filter(body != "").str.count_matches(delimiter, literal=True)
+    return bool((counts < width - 1).any())
 
 
 def _read_ragged_csv(path: Path, delimiter: str, first_error: str) -> pl.DataFrame:

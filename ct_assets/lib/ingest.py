@@ -37,6 +37,7 @@ class IngestResult:
     unplaced_rows: dict[str, pl.DataFrame]
     rejected_files: list[tuple[LandedFile, str]]
     good_files: list[str]
+    present_files: list[str] = field(default_factory=list)
     files_read: int = 0
     files_skipped: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -98,6 +99,7 @@ def ingest_window(
     rejected: list[pl.DataFrame] = []
     result = IngestResult(pl.DataFrame(), pl.DataFrame(), {}, [], [])
     for file in discover(config.landing_dir):
+        result.present_files.append(file.relpath)
         if file.problem:
             result.rejected_files.append((file, file.problem))
             continue
@@ -109,9 +111,15 @@ def ingest_window(
         except BadFile as error:
             result.rejected_files.append((file, str(error)))
             continue
+        try:
+            good, bad = validate_rows(frame, dataset, config.partitions)
+        except pl.exceptions.PolarsError as error:  # e.g. a nested column where text is declared
+            detail = " ".join(str(error).split())[:200]
+            result.rejected_files.append((file, f"columns cannot be cast to the declared types: "
+                                                f"{detail}"))
+            continue
         result.files_read += 1
         result.good_files.append(file.relpath)
-        good, bad = validate_rows(frame, dataset, config.partitions)
         catalog.record(file, pl.concat([good[PARTITION], bad[PARTITION]]))
         goods.append(good.filter((pl.col(ts) >= start) & (pl.col(ts) < end)))
         placed = bad.filter(pl.col(PARTITION).is_not_null())

@@ -83,6 +83,13 @@ class Quarantine:
         """Forget a whole-file rejection (the file is readable now)."""
         (self.directory / "files" / f"{_file_id(source_file)}.json").unlink(missing_ok=True)
 
+    def forget_missing_files(self, present: list[str]) -> None:
+        """Drop whole-file rejections of files no longer in the landing dir."""
+        keep = set(present)
+        for record in self.rejected_files():
+            if record.source_file not in keep:
+                self.clear_file(record.source_file)
+
     def rejected_rows(self) -> pl.DataFrame:
         """Every recorded rejected row."""
         files = sorted((self.directory / "rows").glob("*.parquet"))
