@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ct_assets.defs.deployment import build_deployment_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
+from ct_assets.defs.training import build_training_assets
+from ct_assets.defs.validation import build_validation_assets
 from ct_assets.lib.config import Config, load_config
 from ct_assets.lib.ingest import check_columns_in_data
+
+RETRAIN_ASSETS = ("training_set", "candidate_model", "validation_report", "deployed_model")
 
 
 def build_definitions(config: Config) -> dg.Definitions:
@@ -19,11 +24,22 @@ def build_definitions(config: Config) -> dg.Definitions:
     assets = [
         *build_ingest_assets(config, partitions_def),
         *build_feature_assets(config, partitions_def),
+        *build_training_assets(config),
+        *build_validation_assets(config),
+        *build_deployment_assets(config, partitions_def),
     ]
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
     )
-    return dg.Definitions(assets=assets, jobs=[data_job], resources=build_resources(config))
+    retrain_job = dg.define_asset_job(
+        "retrain_job", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS),
+        description="Train a candidate, validate it against the champion, promote if approved.",
+    )
+    scoring_job = dg.define_asset_job(
+        "scoring_job", selection=dg.AssetSelection.assets("predictions"),
+    )
+    return dg.Definitions(assets=assets, jobs=[data_job, retrain_job, scoring_job],
+                          resources=build_resources(config))
 
 
 @dg.definitions

@@ -41,3 +41,19 @@ def check_result(outcome: CheckOutcome, asset: str) -> dg.AssetCheckResult:
         asset_key=asset, check_name=outcome.name, passed=outcome.passed,
         severity=severity, metadata=metadata,
     )
+
+
+REASON_TAG = "ct/reason"  # why a retrain run was launched: drift, performance, freshness, …
+
+
+def latest_metadata(context: dg.AssetExecutionContext, asset: str, key: str) -> object | None:
+    """A metadata value of the latest materialization of `asset`, or None.
+
+    This is how assets learn what an upstream asset produced (e.g. the candidate's version)
+    without passing values through an IO manager.
+    """
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return None
+    entry = event.asset_materialization.metadata.get(key)
+    return None if entry is None else entry.value

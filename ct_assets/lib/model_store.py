@@ -184,8 +184,9 @@ class ModelStore:
     def promote(self, version: str, reason: str, **details: Any) -> dict[str, Any]:
         """Make `version` the champion, after verifying its files; returns the new record."""
         manifest = self.manifest(version)
+        holdout = (self.decision(version) or {}).get("metrics")
         record = {"version": version, "promoted_at": now_iso(), "reason": reason,
-                  "metrics": manifest.get("metrics", {}), **details}
+                  "metrics": holdout or manifest.get("metrics", {}), **details}
         state = self.pointer()
         previous = state["deployed"]
         record["previous"] = previous["version"] if previous else None

@@ -158,7 +158,7 @@ def load_model(directory: Path) -> TrainedModel:
     return TrainedModel(info["kind"], info["task"], specs, info["classes"], estimator)
 
 
-def _inner_split(rows: int) -> int:
+def inner_split_index(rows: int) -> int:
     """Index where the inner validation rows (the most recent share) start."""
     return max(1, int(rows * (1 - INNER_VALIDATION_SHARE)))
 
@@ -177,7 +177,7 @@ def _fit_lightgbm(x: np.ndarray, y: np.ndarray, specs: list[FeatureSpec], task: 
     if task == "multiclass":
         settings["num_class"] = len(classes or [])
     categorical = [i for i, spec in enumerate(specs) if spec.type == "category"]
-    split = _inner_split(len(y))
+    split = inner_split_index(len(y))
     train = lightgbm.Dataset(x[:split], y[:split], categorical_feature=categorical,
                              free_raw_data=False)
     valid = lightgbm.Dataset(x[split:], y[split:], reference=train)

@@ -1,0 +1,168 @@
+"""Validation stage: candidate vs champion on the same holdout, and the blocking gate."""
+
+import datetime as dt
+import math
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from ct_assets.defs.metadata import latest_metadata
+from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.lib.config import Config
+from ct_assets.lib.evaluation import (
+    bootstrap_interval,
+    calibration_table,
+    compute_metrics,
+    decide_gate,
+    slice_metrics,
+)
+from ct_assets.lib.features import feature_schema
+from ct_assets.lib.model_store import ModelStoreError
+from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
+from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
+from ct_assets.lib.training import encode_labels
+from ct_assets.lib.training_set import SPLIT
+
+CANARY_ROWS = 256
+
+
+def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
+    """The `validation_report` asset with its blocking `gate` check."""
+    dataset, gate = config.dataset, config.gate
+    target, task = dataset.target, dataset.task
+    assert target is not None
+
+    @dg.asset(
+        deps=["candidate_model", "training_set"], group_name="validation",
+        kinds={"duckdb", "matplotlib"}, pool="duckdb",
+        check_specs=[dg.AssetCheckSpec(
+            "gate", asset="validation_report", blocking=True,
+            description="Blocks promotion unless the candidate's gate metric is finite, at "
+                        "least gate.min_value, not worse than the champion's by more than "
+                        "gate.max_regression, its feature schema matches serving and the "
+                        "stored artifact reproduces its predictions in a fresh process.")],
+        metadata={"dagster/table_name": "warehouse.main.validation_report"},
+    )
+    def validation_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                          model_store: ModelStoreResource):
+        """Candidate and champion scored on the same holdout, side by side, with the verdict.
+
+        Metrics for the task, per-segment slices, a calibration table, a bootstrap interval of
+        the gate metric and a chart; written to DuckDB and shown here as Markdown.
+        """
+        store = model_store.get()
+        version = str(latest_metadata(context, "candidate_model", "version") or "")
+        if not version:
+            raise dg.Failure("no candidate_model materialization found; train a candidate first")
+        candidate, manifest = load_verified(store, version)
+        holdout = warehouse.get().query(
+            f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
+            f"ORDER BY \"{dataset.timestamp}\"")
+        y, _ = encode_labels(holdout[target], task, manifest.get("classes"))
+        scores = {"candidate": candidate.predict(holdout)}
+        notes: list[str] = []
+        champion = store.deployed()
+        if champion:
+            try:
+                model, _ = load_verified(store, champion["version"])
+                scores["champion"] = model.predict(holdout)
+            except (ModelStoreError, OSError, ValueError, KeyError) as error:
+                notes.append(f"champion {champion['version']} could not be scored, so the "
+                             f"candidate is judged on gate.min_value alone: {error}")
+        metrics = {role: compute_metrics(y, values, task) for role, values in scores.items()}
+        problems = schema_problems(manifest, feature_schema(config))
+        problems += canary_problems(store, version, holdout.head(CANARY_ROWS),
+                                    scores["candidate"][:CANARY_ROWS])
+        decision = decide_gate(
+            task=task, metric=gate.metric, candidate=metrics["candidate"][gate.metric],
+            champion=metrics.get("champion", {}).get(gate.metric), min_value=gate.min_value,
+            max_regression=gate.max_regression, problems=problems)
+        intervals = {role: bootstrap_interval(y, values, task, gate.metric,
+                                              seed=config.training.seed)
+                     for role, values in scores.items()}
+        segments = (holdout[dataset.segment].to_numpy() if dataset.segment
+                    else np.full(len(y), "all"))
+        slices = {role: slice_metrics(y, values, segments, task)
+                  for role, values in scores.items()}
+        store.record_decision(version, {
+            "approved": decision.approved, "reasons": decision.reasons, "metric": gate.metric,
+            "candidate_value": decision.candidate_value,
+            "champion_value": decision.champion_value,
+            "champion_version": champion["version"] if champion else None,
+            "metrics": metrics["candidate"], "notes": notes,
+        })
+        _write_report(warehouse, version, champion, metrics, slices)
+        labels = {"candidate": f"candidate {version}",
+                  "champion": f"champion {champion['version']}" if champion else "champion"}
+        chart = comparison_chart_png(y, {labels[r]: s for r, s in scores.items()}, task)
+        report = _markdown(version, champion, decision.summary(), notes, metrics, intervals,
+                           slices, y, scores, task, gate.metric, chart)
+        yield dg.MaterializeResult(metadata={
+            "candidate_version": version,
+            "champion_version": champion["version"] if champion else "none",
+            "verdict": decision.summary(),
+            "holdout_rows": len(y),
+            **{f"candidate_{k}": _finite(v) for k, v in metrics["candidate"].items()},
+            **{f"champion_{k}": _finite(v) for k, v in metrics.get("champion", {}).items()},
+            "report": dg.MetadataValue.md(report),
+        })
+        yield dg.AssetCheckResult(
+            check_name="gate", passed=decision.approved,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"observed": _finite(decision.candidate_value),
+                      "threshold": gate.min_value,
+                      "champion_value": _finite(decision.champion_value),
+                      "max_regression": gate.max_regression, "metric": gate.metric,
+                      "candidate_version": version,
+                      "verdict": decision.summary()},
+        )
+
+    return [validation_report]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _write_report(warehouse: WarehouseResource, version: str, champion: dict | None,
+                  metrics: dict, slices: dict) -> None:
+    evaluated_at = dt.datetime.now(dt.UTC)
+    rows = []
+    for role, values in metrics.items():
+        model = version if role == "candidate" else (champion or {}).get("version")
+        rows += [{"role": role, "model_version": model, "segment": "all", "metric": k,
+                  "value": v} for k, v in values.items()]
+        for segment in slices[role]:
+            rows += [{"role": role, "model_version": model, "segment": segment["segment"],
+                      "metric": k, "value": v} for k, v in segment.items()
+                     if k not in ("segment", "rows")]
+    frame = pl.DataFrame(rows).with_columns(
+        pl.lit(version).alias("candidate_version"), pl.lit(evaluated_at).alias("evaluated_at"))
+    with warehouse.get().connect() as connection:
+        connection.register("incoming", frame.to_arrow())
+        connection.execute("CREATE TABLE IF NOT EXISTS validation_report AS "
+                           "SELECT * FROM incoming LIMIT 0")
+        connection.execute("DELETE FROM validation_report WHERE candidate_version = ?",
+                           [version])
+        connection.execute("INSERT INTO validation_report BY NAME SELECT * FROM incoming")
+
+
+def _markdown(version, champion, verdict, notes, metrics, intervals, slices, y, scores, task,
+              metric, chart) -> str:
+    roles = list(metrics)
+    table = pl.DataFrame({"metric": list(metrics["candidate"]),
+                          **{role: list(metrics[role].values()) for role in roles}})
+    ci = ", ".join(f"{role} [{low:.4f}, {high:.4f}]"
+                   for role, (low, high) in intervals.items())
+    lines = [f"## {verdict}", "",
+             f"Candidate `{version}` vs champion "
+             f"`{champion['version'] if champion else 'none (first model)'}` on the same "
+             f"holdout of {len(y)} rows.", "", *[f"> {note}" for note in notes], "",
+             markdown_table(table, 20), "", f"95% bootstrap interval of {metric}: {ci}", "",
+             markdown_image(chart, "holdout comparison"), "", "### Per segment (candidate)",
+             markdown_table(pl.DataFrame(slices["candidate"]), 30)]
+    if task == "binary":
+        lines += ["", "### Calibration (candidate)",
+                  markdown_table(calibration_table(y, scores["candidate"]), 10)]
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Model evaluation: metrics per task, per-segment slices, calibration, bootstrap CI, the gate."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+# Metric name → whether larger is better. The gate metric must be one of these for its task.
+METRICS: dict[str, dict[str, bool]] = {
+    "binary": {"roc_auc": True, "pr_auc": True, "log_loss": False, "brier": False,
+               "precision": True, "recall": True, "f1": True},
+    "multiclass": {"accuracy": True, "macro_f1": True, "log_loss": False},
+    "regression": {"rmse": False, "mae": False, "r2": True},
+}
+OPERATING_THRESHOLD = 0.5
+
+
+def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str,
+                    threshold: float = OPERATING_THRESHOLD) -> dict[str, float]:
+    """Every metric of the task; NaN where undefined (e.g. AUC with one class present)."""
+    from sklearn import metrics
+
+    if task == "regression":
+        if len(y) == 0:
+            return dict.fromkeys(METRICS["regression"], math.nan)
+        return {"rmse": float(np.sqrt(metrics.mean_squared_error(y, scores))),
+                "mae": float(metrics.mean_absolute_error(y, scores)),
+                "r2": float(metrics.r2_score(y, scores)) if len(y) > 1 else math.nan}
+    if task == "multiclass":
+        if len(y) == 0:
+            return dict.fromkeys(METRICS["multiclass"], math.nan)
+        labels = np.arange(scores.shape[1])
+        predicted = scores.argmax(axis=1)
+        return {"accuracy": float(metrics.accuracy_score(y, predicted)),
+                "macro_f1": float(metrics.f1_score(y, predicted, average="macro",
+                                                   labels=labels, zero_division=0)),
+                "log_loss": float(metrics.log_loss(y, scores, labels=labels))}
+    result = dict.fromkeys(METRICS["binary"], math.nan)
+    if len(y) == 0:
+        return result
+    predicted = (scores >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    result.update(
+        roc_auc=float(metrics.roc_auc_score(y, scores)) if both else math.nan,
+        pr_auc=float(metrics.average_precision_score(y, scores)) if both else math.nan,
+        log_loss=float(metrics.log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        brier=float(metrics.brier_score_loss(y, scores)),
+        precision=float(metrics.precision_score(y, predicted, zero_division=0)),
+        recall=float(metrics.recall_score(y, predicted, zero_division=0)),
+        f1=float(metrics.f1_score(y, predicted, zero_division=0)),
+    )
+    return result
+
+
+def slice_metrics(y: np.ndarray, scores: np.ndarray, segments: np.ndarray, task: str
+                  ) -> list[dict[str, Any]]:
+    """Metrics per segment value, with row counts."""
+    rows = []
+    for value in sorted({str(v) for v in segments}):
+        mask = np.array([str(v) == value for v in segments])
+        rows.append({"segment": value, "rows": int(mask.sum()),
+                     **compute_metrics(y[mask], scores[mask], task)})
+    return rows
+
+
+def calibration_table(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> pl.DataFrame:
+    """Mean predicted vs observed positive rate per score decile (binary only)."""
+    frame = pl.DataFrame({"score": scores, "label": y.astype(float)})
+    edges = np.linspace(0, 1, bins + 1)
+    frame = frame.with_columns(
+        pl.col("score").cut(list(edges[1:-1]),
+                            labels=[f"{a:.1f}-{b:.1f}" for a, b in itertools.pairwise(edges)])
+        .alias("bin"))
+    return (frame.group_by("bin", maintain_order=False)
+            .agg(pl.len().alias("rows"), pl.col("score").mean().alias("mean_score"),
+                 pl.col("label").mean().alias("observed_rate"))
+            .sort("bin"))
+
+
+def bootstrap_interval(y: np.ndarray, scores: np.ndarray, task: str, metric: str, *,
+                       resamples: int = 200, seed: int = 0, level: float = 0.95
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of one metric."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(y), len(y))
+        value = compute_metrics(y[index], scores[index], task)[metric]
+        if math.isfinite(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+@dataclass
+class GateDecision:
+    """Whether the candidate may replace the champion, and every reason it may not."""
+
+    approved: bool
+    metric: str
+    candidate_value: float
+    champion_value: float | None
+    min_value: float
+    max_regression: float
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: approved, or why not."""
+        if self.approved:
+            versus = ("first model" if self.champion_value is None
+                      else f"champion {self.champion_value:.4f}")
+            return f"approved: {self.metric} {self.candidate_value:.4f} ({versus})"
+        return "rejected: " + "; ".join(self.reasons)
+
+
+def decide_gate(*, task: str, metric: str, candidate: float, champion: float | None,
+                min_value: float, max_regression: float,
+                problems: list[str] | None = None) -> GateDecision:
+    """Apply the gate to a candidate's metric on the shared holdout.
+
+    Passes when the metric is finite, at least `min_value`, and not worse than the champion's
+    by more than `max_regression` (no champion: the first model needs only `min_value`).
+    `problems` are other failures (schema mismatch, artifact not reproducible) that reject on
+    their own.
+    """
+    if metric not in METRICS[task]:
+        raise ValueError(f"gate.metric: {metric!r} is not a {task} metric; "
+                         f"expected one of {', '.join(METRICS[task])}")
+    higher = METRICS[task][metric]
+    reasons = list(problems or [])
+    if not math.isfinite(candidate):
+        reasons.append(f"{metric} of the candidate is not finite ({candidate})")
+    else:
+        if (candidate < min_value) if higher else (candidate > min_value):
+            side = "below" if higher else "above"
+            reasons.append(f"{metric} {candidate:.4f} is {side} gate.min_value {min_value}")
+        if champion is not None and math.isfinite(champion):
+            worse_by = (champion - candidate) if higher else (candidate - champion)
+            if worse_by > max_regression + 1e-12:
+                reasons.append(f"{metric} {candidate:.4f} is worse than the champion's "
+                               f"{champion:.4f} by {worse_by:.4f} > gate.max_regression "
+                               f"{max_regression}")
+    return GateDecision(not reasons, metric, candidate, champion, min_value, max_regression,
+                        reasons)
