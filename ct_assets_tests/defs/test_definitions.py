@@ -19,6 +19,17 @@ EXPECTED_GRAPH = {
                    "pool": "duckdb", "partitioned": True},
     "features": {"group": "features", "deps": {"raw_events"}, "kinds": {"duckdb", "polars"},
                  "pool": "duckdb", "partitioned": True},
+    "training_set": {"group": "training", "deps": {"features"}, "kinds": {"duckdb", "polars"},
+                     "pool": "duckdb", "partitioned": False},
+    "candidate_model": {"group": "training", "deps": {"training_set"},
+                        "kinds": {"lightgbm", "duckdb"}, "pool": "duckdb", "partitioned": False},
+    "validation_report": {"group": "validation", "deps": {"candidate_model", "training_set"},
+                          "kinds": {"duckdb", "matplotlib"}, "pool": "duckdb",
+                          "partitioned": False},
+    "deployed_model": {"group": "deployment", "deps": {"validation_report", "candidate_model"},
+                       "kinds": {"json"}, "pool": None, "partitioned": False},
+    "predictions": {"group": "deployment", "deps": {"features", "deployed_model"},
+                    "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
 }
 
 
