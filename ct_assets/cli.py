@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ct_assets.lib.config import Config, ConfigError, load_config
+from ct_assets.lib.model_store import ModelStoreError
 
 DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
@@ -104,6 +105,105 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _age(iso: str) -> str:
+    delta = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(iso)
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    """Show the deployed model, its metrics and age, and the latest retrain."""
+    from ct_assets.lib.model_store import ModelStore
+
+    store = ModelStore(config.models_dir)
+    deployed = store.deployed()
+    versions = store.versions()
+    latest = store.describe(versions[-1]) if versions else None
+    report = {
+        "deployed": None if deployed is None else {
+            "version": deployed["version"], "metrics": deployed.get("metrics", {}),
+            "promoted_at": deployed["promoted_at"], "reason": deployed["reason"],
+            "age_seconds": round((dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(
+                deployed["promoted_at"])).total_seconds()),
+        },
+        "last_retrain": None if latest is None else {
+            "version": latest["version"], "created_at": latest.get("created_at"),
+            "reason": latest.get("reason"), "status": store.status(latest["version"]),
+            "decision": latest.get("decision"),
+        },
+        "models": len(versions),
+    }
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    if deployed is None:
+        print("deployed: none yet (run the retrain job: `ct run` or the UI)")
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in deployed.get("metrics", {}).items()
+                            if isinstance(v, float))
+        print(f"deployed: {deployed['version']} ({deployed['reason']}, promoted "
+              f"{deployed['promoted_at']}, {_age(deployed['promoted_at'])} ago)")
+        print(f"  holdout: {metrics or 'n/a'}")
+    if latest is not None:
+        last = report["last_retrain"]
+        print(f"last retrain: {last['version']} ({last['reason']}) → {last['status']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    """List every model version with its status."""
+    from ct_assets.lib.model_store import ModelStore
+
+    store = ModelStore(config.models_dir)
+    rows = []
+    for version in store.versions():
+        info = store.describe(version)
+        decision = info.get("decision") or {}
+        rows.append({"version": version, "created_at": info.get("created_at"),
+                     "metrics": decision.get("metrics") or info.get("metrics", {}),
+                     "status": store.status(version), "reason": info.get("reason"),
+                     "model": info.get("model")})
+    if args.json:
+        print(json.dumps(rows, default=str))
+    elif not rows:
+        print("no models yet")
+    else:
+        from ct_assets.lib.reports import text_table
+
+        metric = config.gate.metric
+        table = [{**row, metric: row["metrics"].get(metric, "")} for row in rows]
+        print(text_table(table, ["version", "status", "reason", "model", metric,
+                                 "created_at"]))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    """Deploy an earlier version: `--to VERSION`, or the one deployed before the current."""
+    from ct_assets.lib.model_store import ModelStore, ModelStoreError
+
+    store = ModelStore(config.models_dir)
+    deployed = store.deployed()
+    if deployed is None:
+        raise ModelStoreError("nothing is deployed, so there is nothing to roll back")
+    target = args.to
+    if target is None:
+        earlier = [r["version"] for r in store.pointer()["history"]
+                   if r["version"] != deployed["version"]]
+        if not earlier:
+            raise ModelStoreError(f"{deployed['version']} is the only version ever deployed")
+        target = earlier[-1]
+    if target == deployed["version"]:
+        raise ModelStoreError(f"{target} is already deployed")
+    if target not in store.versions():
+        raise ModelStoreError(f"no model version {target!r} in {store.root}")
+    record = store.promote(target, "rollback", rolled_back_from=deployed["version"])
+    if args.json:
+        print(json.dumps(record, default=str))
+    else:
+        print(f"deployed {target} (rollback from {deployed['version']})")
+    return 0
+
+
 def cmd_home(args: argparse.Namespace, config: Config) -> int:
     """Print the Dagster home of this project (created with its dagster.yaml)."""
     print(prepare_dagster_home(config))
@@ -137,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--json", action="store_true")
     quarantine.set_defaults(handler=cmd_quarantine)
 
+    status = commands.add_parser("status", help="deployed model, its metrics, last retrain")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    models = commands.add_parser("models", help="every model version and its status")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=cmd_models)
+
+    rollback = commands.add_parser("rollback", help="deploy an earlier model version")
+    rollback.add_argument("--to", metavar="VERSION", help="default: the previously deployed")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(handler=cmd_rollback)
+
     home = commands.add_parser("home", help="print (and create) this project's DAGSTER_HOME")
     home.set_defaults(handler=cmd_home)
     return parser
@@ -149,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         return handler(args, config)
-    except (ConfigError, ValueError, FileNotFoundError, LookupError) as error:
+    except (ConfigError, ValueError, OSError, LookupError, ModelStoreError) as error:
         message = " ".join(str(error).split())
         print(f"ct {args.command}: {message}", file=sys.stderr)
         return 2
