@@ -10,8 +10,10 @@ import dagster as dg
 import polars as pl
 
 from ct_assets.definitions import build_definitions
+from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, landed_partitions
+from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.validation import PARTITION
@@ -40,46 +42,84 @@ def contiguous_ranges(keys: set[str], ordered: list[str]) -> list[tuple[str, str
     return ranges
 
 
-def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True) -> dict:
-    """Ingest landed partitions that are new or changed and build their features.
+class _Runner:
+    """Runs jobs in-process against one instance, printing progress and recording each run."""
 
-    Each contiguous range of partitions is one run of `data_job` (one scan), recorded in the
-    Dagster instance of `$DAGSTER_HOME`, so the UI shows it like a daemon-launched run.
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, progress: bool):
+        self.defs, self.instance, self.progress = defs, instance, progress
+        self.runs: list[dict] = []
+
+    def run(self, job_name: str, label: str, tags: dict[str, str]) -> bool:
+        began = time.perf_counter()
+        if self.progress:
+            print(f"[{len(self.runs) + 1}] {job_name} {label}", end="", file=sys.stderr,
+                  flush=True)
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
+            instance=self.instance, resources=self.defs.resources, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags=tags,
+        )
+        seconds = time.perf_counter() - began
+        self.runs.append({"job": job_name, "what": label, "run_id": result.run_id,
+                          "success": result.success, "seconds": round(seconds, 2)})
+        if self.progress:
+            print(f"  {'ok' if result.success else 'FAILED'} in {seconds:.1f}s",
+                  file=sys.stderr)
+        return result.success
+
+    def partitioned(self, job_name: str, keys: set[str], ordered: list[str]) -> None:
+        for first, last in contiguous_ranges(keys, ordered):
+            self.run(job_name, f"{first} … {last}",
+                     {RANGE_START_TAG: first, RANGE_END_TAG: last})
+
+
+def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True) -> dict:
+    """One in-process pass: ingest, build features, train a first model, score.
+
+    - every landed partition that is new or changed is ingested and featurised (`data_job`,
+      one run and one scan per contiguous range);
+    - when no model is deployed yet, the retrain job trains, validates and promotes one
+      (reason `initial`);
+    - every partition without predictions, or just re-ingested, is scored (`scoring_job`).
+
+    Runs are recorded in the Dagster instance of `$DAGSTER_HOME`, so the UI shows them like
+    daemon-launched runs.
 
     Returns:
-        A summary: the ranges run, failures, and per-partition row counts.
+        A summary: the runs, failures, per-partition row counts and the deployed model.
     """
     defs = build_definitions(config)
-    job = defs.resolve_job_def("data_job")
-    partitions_def = job.partitions_def
+    partitions_def = defs.resolve_job_def("data_job").partitions_def
     assert partitions_def is not None
+    store = ModelStore(config.models_dir)
     with dg.DagsterInstance.get() as instance:
+        runner = _Runner(defs, instance, progress)
         landed, pending = landed_partitions(config, FileCatalog(config.landing_catalog_path))
         done = instance.get_materialized_partitions(dg.AssetKey("raw_events"))
         ordered = partitions_def.get_partition_keys()
-        wanted = landed if rebuild else pending | (landed - done)
-        ranges = contiguous_ranges(wanted, ordered)
-        failed = 0
-        runs = []
-        for number, (first, last) in enumerate(ranges, start=1):
-            began = time.perf_counter()
-            if progress:
-                print(f"[{number}/{len(ranges)}] data_job {first} … {last}", end="",
-                      file=sys.stderr, flush=True)
-            result = job.execute_in_process(
-                instance=instance, resources=defs.resources, raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
-            )
-            seconds = time.perf_counter() - began
-            failed += not result.success
-            runs.append({"run_id": result.run_id, "first": first, "last": last,
-                         "success": result.success, "seconds": round(seconds, 2)})
-            if progress:
-                print(f"  {'ok' if result.success else 'FAILED'} in {seconds:.1f}s",
-                      file=sys.stderr)
-    return {"landed_partitions": len(landed), "runs": runs, "failed_runs": failed,
-            "partitions": partition_summary(config, sorted(landed))}
+        ingest = landed if rebuild else pending | (landed - done)
+        runner.partitioned("data_job", ingest, ordered)
+        if store.deployed() is None and landed:
+            runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
+        if store.deployed() is not None:
+            scored = instance.get_materialized_partitions(dg.AssetKey("predictions"))
+            runner.partitioned("scoring_job", (landed - scored) | (ingest & landed), ordered)
+    return {"landed_partitions": len(landed), "runs": runner.runs,
+            "failed_runs": sum(not run["success"] for run in runner.runs),
+            "partitions": partition_summary(config, sorted(landed)),
+            "deployed": store.deployed(),
+            "sample_predictions": sample_predictions(config)}
+
+
+def sample_predictions(config: Config, rows: int = 5) -> list[dict]:
+    """A few of the latest predictions, for the summary."""
+    warehouse = Warehouse(config.warehouse_path)
+    if not warehouse.table_exists("predictions"):
+        return []
+    frame = warehouse.query(
+        f'SELECT * EXCLUDE ({PARTITION}) FROM predictions '
+        f'ORDER BY "{config.dataset.timestamp}" DESC LIMIT {int(rows)}')
+    return frame.to_dicts()
 
 
 def partition_summary(config: Config, keys: list[str]) -> list[dict]:
@@ -100,7 +140,7 @@ def partition_summary(config: Config, keys: list[str]) -> list[dict]:
 
 
 def format_summary(summary: dict) -> str:
-    """The summary as text: runs, then one line per partition, then totals."""
+    """The summary as text: runs, one line per partition, totals, the deployed model."""
     partitions = summary["partitions"]
     totals = pl.DataFrame(partitions) if partitions else None
     lines = [f"{summary['landed_partitions']} partitions landed; "
@@ -112,4 +152,15 @@ def format_summary(summary: dict) -> str:
             f"\ntotal: {totals['rows'].sum()} rows ingested, {totals['quarantined'].sum()} "
             f"quarantined, {totals['features'].sum()} feature rows"
         )
+    deployed = summary.get("deployed")
+    if deployed:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in deployed.get("metrics", {}).items()
+                            if isinstance(v, float))
+        lines += ["", f"deployed model: {deployed['version']} ({deployed['reason']}, promoted "
+                      f"{deployed['promoted_at']})", f"holdout metrics: {metrics}"]
+    else:
+        lines += ["", "deployed model: none"]
+    if summary.get("sample_predictions"):
+        sample = summary["sample_predictions"]
+        lines += ["", "latest predictions:", text_table(sample, list(sample[0]))]
     return "\n".join(lines)
