@@ -70,7 +70,8 @@ class Quarantine:
             _atomic_write_parquet(rows.cast(REJECTED_SCHEMA), path)  # type: ignore[arg-type]
 
     def reject_file(self, source_file: str, reason: str, size: int) -> RejectedFile:
-        """Record that `source_file` was rejected whole."""
+        """Record that `source_file` was rejected whole (dropping rows recorded for it unplaced)."""
+        self.replace_unplaced_rows(source_file, pl.DataFrame(schema=REJECTED_SCHEMA))
         record = RejectedFile(source_file, reason, size, dt.datetime.now(dt.UTC).isoformat())
         path = self.directory / "files" / f"{_file_id(source_file)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +85,15 @@ class Quarantine:
         (self.directory / "files" / f"{_file_id(source_file)}.json").unlink(missing_ok=True)
 
     def forget_missing_files(self, present: list[str]) -> None:
-        """Drop whole-file rejections of files no longer in the landing dir."""
+        """Drop whole-file rejections and unplaced rows of files no longer in the landing dir."""
         keep = set(present)
         for record in self.rejected_files():
             if record.source_file not in keep:
                 self.clear_file(record.source_file)
+        kept_ids = {_file_id(source_file) for source_file in keep}
+        for path in (self.directory / "rows").glob("file=*.parquet"):
+            if path.stem.removeprefix("file=") not in kept_ids:
+                path.unlink(missing_ok=True)
 
     def rejected_rows(self) -> pl.DataFrame:
         """Every recorded rejected row."""

@@ -61,8 +61,13 @@ def _cast(column: str, logical: str, source: pl.DataType) -> pl.Expr:
 def _parse_timestamp(text: pl.Expr, fmt: str | None) -> pl.Expr:
     if fmt:
         return text.str.strptime(pl.Datetime("us"), fmt, strict=False).dt.replace_time_zone("UTC")
-    with_zone = text.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-    naive = text.str.to_datetime(time_unit="us", strict=False).dt.replace_time_zone("UTC")
+    # polars infers one format per column from its first parsable value: parse values with and
+    # without a UTC offset apart, so a file mixing them does not lose the kind that came second.
+    zoned = text.str.contains(r"\d:\d{2}(?::\d{2})?(?:\.\d+)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
+    with_zone = pl.when(zoned).then(text).str.to_datetime(time_unit="us", time_zone="UTC",
+                                                          strict=False)
+    naive = (pl.when(~zoned).then(text).str.to_datetime(time_unit="us", strict=False)
+             .dt.replace_time_zone("UTC"))
     dates = text.str.to_date(strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     return pl.coalesce(with_zone, naive, dates)
 
