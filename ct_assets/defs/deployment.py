@@ -9,6 +9,7 @@ import polars as pl
 from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
+from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import passthrough_columns
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.serving import load_verified
@@ -98,7 +99,8 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         else:
             frame = frame.with_columns(pl.Series("score", scores))
             if dataset.task == "binary":
-                frame = frame.with_columns((pl.col("score") >= 0.5).cast(pl.Int8)
+                threshold = manifest.get("operating_threshold") or OPERATING_THRESHOLD
+                frame = frame.with_columns((pl.col("score") >= threshold).cast(pl.Int8)
                                            .alias("prediction"))
         frame = frame.with_columns(pl.lit(champion["version"]).alias("model_version"))
         warehouse.get().replace_range("predictions", frame, dataset.timestamp, window.start,

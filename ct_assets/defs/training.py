@@ -11,7 +11,7 @@ import polars as pl
 from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
-from ct_assets.lib.evaluation import compute_metrics
+from ct_assets.lib.evaluation import OPERATING_THRESHOLD, best_f1_threshold, compute_metrics
 from ct_assets.lib.features import feature_schema
 from ct_assets.lib.training import encode_labels, inner_split_index, train_model
 from ct_assets.lib.training_set import (
@@ -120,8 +120,13 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         }
         inner = train.tail(train.height - inner_split_index(train.height))
         labels, _ = encode_labels(inner[target], dataset.task, model.classes)
+        inner_scores = model.predict(inner)
+        # The operating threshold is chosen on the inner split (max F1), never on the holdout.
+        threshold = (best_f1_threshold(labels, inner_scores) if dataset.task == "binary"
+                     else None)
+        manifest["operating_threshold"] = threshold
         manifest["metrics"] = {"inner_validation": compute_metrics(
-            labels, model.predict(inner), dataset.task)}
+            labels, inner_scores, dataset.task, threshold or OPERATING_THRESHOLD)}
         with tempfile.TemporaryDirectory() as work:
             files = model.save(Path(work))
             store.save(version, files, manifest)

@@ -11,6 +11,7 @@ from ct_assets.defs.metadata import latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import (
+    OPERATING_THRESHOLD,
     bootstrap_interval,
     calibration_table,
     compute_metrics,
@@ -61,16 +62,19 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
             f"ORDER BY \"{dataset.timestamp}\"")
         y, _ = encode_labels(holdout[target], task, manifest.get("classes"))
         scores = {"candidate": candidate.predict(holdout)}
+        thresholds = {"candidate": _threshold(manifest)}
         notes: list[str] = []
         champion = store.deployed()
         if champion:
             try:
-                model, _ = load_verified(store, champion["version"])
+                model, champion_manifest = load_verified(store, champion["version"])
                 scores["champion"] = model.predict(holdout)
+                thresholds["champion"] = _threshold(champion_manifest)
             except (ModelStoreError, OSError, ValueError, KeyError) as error:
                 notes.append(f"champion {champion['version']} could not be scored, so the "
                              f"candidate is judged on gate.min_value alone: {error}")
-        metrics = {role: compute_metrics(y, values, task) for role, values in scores.items()}
+        metrics = {role: compute_metrics(y, values, task, thresholds[role])
+                   for role, values in scores.items()}
         problems = schema_problems(manifest, feature_schema(config))
         problems += canary_problems(store, version, holdout.head(CANARY_ROWS),
                                     scores["candidate"][:CANARY_ROWS])
@@ -83,7 +87,7 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
                      for role, values in scores.items()}
         segments = (holdout[dataset.segment].to_numpy() if dataset.segment
                     else np.full(len(y), "all"))
-        slices = {role: slice_metrics(y, values, segments, task)
+        slices = {role: slice_metrics(y, values, segments, task, thresholds[role])
                   for role, values in scores.items()}
         store.record_decision(version, {
             "approved": decision.approved, "reasons": decision.reasons, "metric": gate.metric,
@@ -119,6 +123,10 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         )
 
     return [validation_report]
+
+
+def _threshold(manifest: dict) -> float:
+    return manifest.get("operating_threshold") or OPERATING_THRESHOLD
 
 
 def _finite(value: float | None) -> float | None:

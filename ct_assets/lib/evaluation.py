@@ -57,14 +57,26 @@ def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str,
     return result
 
 
-def slice_metrics(y: np.ndarray, scores: np.ndarray, segments: np.ndarray, task: str
-                  ) -> list[dict[str, Any]]:
+def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold that maximises F1 (binary); 0.5 when there is no positive."""
+    from sklearn.metrics import precision_recall_curve
+
+    if len(np.unique(y)) < 2:
+        return OPERATING_THRESHOLD
+    precision, recall, thresholds = precision_recall_curve(y, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def slice_metrics(y: np.ndarray, scores: np.ndarray, segments: np.ndarray, task: str,
+                  threshold: float = OPERATING_THRESHOLD) -> list[dict[str, Any]]:
     """Metrics per segment value, with row counts."""
     rows = []
-    for value in sorted({str(v) for v in segments}):
-        mask = np.array([str(v) == value for v in segments])
-        rows.append({"segment": value, "rows": int(mask.sum()),
-                     **compute_metrics(y[mask], scores[mask], task)})
+    labels = segments.astype(str)
+    for value in np.unique(labels):
+        mask = labels == value
+        rows.append({"segment": str(value), "rows": int(mask.sum()),
+                     **compute_metrics(y[mask], scores[mask], task, threshold)})
     return rows
 
 
