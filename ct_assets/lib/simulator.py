@@ -1,8 +1,9 @@
 """Card-transaction simulator: realistic, imbalanced fraud with a learnable signal and drift.
 
 Deterministic: a day depends only on (day, rows, seed, drift), so simulating days one at a time
-equals simulating them together. Drift scenarios start on an exact day, so tests can assert that
-drift is found where it was injected and nowhere else.
+equals simulating them together. Every random draw is made the same way whatever the drift, so
+a drift scenario changes nothing before its start day, and on drifted days it changes only what
+it is meant to change (e.g. `concept` leaves every feature value untouched).
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ MERCHANT_LOG_AMOUNT = np.array([3.4, 3.7, 3.3, 3.0, 5.3, 5.0, 4.0, 4.2])
 MERCHANT_RISK = np.array([-0.6, -0.3, -0.5, -0.7, 0.6, 0.9, 0.5, 1.1])
 CHANNELS: tuple[str, ...] = ("pos", "online", "atm")
 CHANNEL_SHARES = (0.6, 0.32, 0.08)
+DRIFTED_CHANNEL_SHARES = (0.4, 0.53, 0.07)
 CHANNEL_RISK = np.array([-0.4, 0.7, 0.2])
-# Transactions per hour of day (fewer at night).
+# Relative number of transactions per hour of day (fewer at night).
 HOURLY_PROFILE = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1.2, 2.5, 3.6, 4.2, 4.6, 5.0,
                            5.6, 5.3, 4.8, 4.6, 4.8, 5.3, 5.8, 5.6, 4.6, 3.4, 2.4, 1.6])
-BASE_INTERCEPT = -5.6
+BASE_INTERCEPT = -7.0  # about 1.8 % fraud without drift
+CONCEPT_INTERCEPT = -8.3  # keeps the fraud rate about the same after a concept change
+PRIOR_SHIFT = 1.4  # log-odds added by `prior` drift: roughly triples the fraud rate
+COVARIATE_AMOUNT_FACTOR = 1.6
+CUSTOMERS = 50_000
 
 SIMULATOR_COLUMNS: dict[str, str] = {
     "transaction_id": "string", "ts": "timestamp", "customer_id": "string",
@@ -43,18 +49,24 @@ TARGET_COLUMN = "is_fraud"
 ID_COLUMN = "transaction_id"
 SEGMENT_COLUMN = "region"
 DRIFTED_SEGMENT = "south"
-CUSTOMERS = 50_000
 
 
 @dataclass(frozen=True)
 class DriftScenario:
-    """Which drift to inject, from which day (inclusive)."""
+    """Which drift to inject, from which day (inclusive).
+
+    Attributes:
+        kind: One of `DRIFT_KINDS`.
+        start: The first drifted day; may be None only with kind "none".
+        ramp_days: For "gradual": days over which the concept change phases in linearly.
+    """
 
     kind: str = "none"
     start: dt.date | None = None
     ramp_days: int = 14
 
     def __post_init__(self) -> None:
+        """Refuse unknown kinds, a missing start day and a non-positive ramp."""
         if self.kind not in DRIFT_KINDS:
             raise ValueError(f"unknown drift kind {self.kind!r}; expected one of "
                              f"{', '.join(DRIFT_KINDS)}")
@@ -64,7 +76,15 @@ class DriftScenario:
             raise ValueError(f"ramp_days must be at least 1, got {self.ramp_days}")
 
     def weight(self, day: dt.date) -> float:
-        """How far the drift has progressed on `day`: 0 before the start, 1 when complete."""
+        """How far the drift has progressed on a day.
+
+        Args:
+            day: The calendar day.
+
+        Returns:
+            0 before the start (or with kind "none"), 1 once complete; "gradual" ramps up as
+            `min(1, (days since start + 1) / ramp_days)`.
+        """
         if self.kind == "none" or self.start is None or day < self.start:
             return 0.0
         if self.kind == "gradual":
@@ -72,100 +92,109 @@ class DriftScenario:
         return 1.0
 
 
-def _logit(hour: np.ndarray, merchant: np.ndarray, channel: np.ndarray, log_amount: np.ndarray,
-           account_age: np.ndarray, distance: np.ndarray, velocity: np.ndarray,
-           trust: np.ndarray, *, concept: bool) -> np.ndarray:
-    """Fraud log-odds; `concept` swaps to the drifted relation (small, daytime, trusted)."""
-    night = ((hour < 6) | (hour >= 23)).astype(float)
-    new_account = (account_age < 60).astype(float)
+def _pick(uniform: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    """Map uniform draws to category codes with the given shares."""
+    edges = np.cumsum(shares)
+    return np.minimum(np.searchsorted(edges / edges[-1], uniform, side="right"), len(shares) - 1)
+
+
+def _logit(x: dict[str, np.ndarray], *, concept: bool) -> np.ndarray:
+    """Fraud log-odds; `concept` selects the drifted relation (small, daytime, trusted)."""
+    night = ((x["hour"] < 6) | (x["hour"] >= 23)).astype(float)
+    velocity = 0.4 * np.log1p(x["velocity"]) + x["noise"]
     if concept:
-        return (BASE_INTERCEPT + 1.1 * (3.6 - log_amount) + 1.4 * (1 - night)
-                + 3.0 * (trust - 0.6) + 0.5 * np.log1p(velocity)
-                + MERCHANT_RISK[::-1][merchant] + CHANNEL_RISK[::-1][channel] - 2.1)
-    return (BASE_INTERCEPT + 0.9 * (log_amount - 3.8) + 1.5 * night + 1.2 * new_account
-            + 0.7 * np.log1p(distance / 20) + 0.5 * np.log1p(velocity)
-            - 3.0 * (trust - 0.6) + MERCHANT_RISK[merchant] + CHANNEL_RISK[channel])
+        return (CONCEPT_INTERCEPT - 1.3 * (x["log_amount"] - 3.8) + 1.6 * (1 - night)
+                + 6.0 * (x["trust"] - 0.7) + velocity
+                + MERCHANT_RISK[::-1][x["merchant"]] + CHANNEL_RISK[::-1][x["channel"]])
+    return (BASE_INTERCEPT + 1.3 * (x["log_amount"] - 3.8) + 1.8 * night
+            + 1.6 * (x["account_age"] < 90) + 1.0 * np.log1p(x["distance"] / 20)
+            - 7.0 * (x["trust"] - 0.7) + velocity
+            + MERCHANT_RISK[x["merchant"]] + CHANNEL_RISK[x["channel"]])
 
 
 def simulate_day(day: dt.date, rows: int, *, seed: int = 0,
                  drift: DriftScenario = DriftScenario()) -> pl.DataFrame:
-    """One day of transactions, sorted by time.
+    """Simulate one day of card transactions, sorted by time.
 
     Args:
-        day: the calendar day (UTC).
-        rows: number of transactions.
-        seed: random seed; the generator is seeded from `(seed, day)`.
-        drift: the drift scenario; the day is drifted when `day >= drift.start`.
+        day: The calendar day (UTC).
+        rows: Number of transactions.
+        seed: Random seed; the generator is seeded from `(seed, day.toordinal())`.
+        drift: The drift scenario; the day is drifted when `day >= drift.start`.
 
     Returns:
-        A frame with the columns of `SIMULATOR_COLUMNS`.
+        A frame with the columns of `SIMULATOR_COLUMNS`, in that order.
     """
     rng = np.random.default_rng([seed, day.toordinal()])
     weight = drift.weight(day)
-    region = rng.choice(len(REGIONS), rows, p=REGION_SHARES)
-    in_scope = (np.ones(rows, bool) if drift.kind != "segment"
-                else region == REGIONS.index(DRIFTED_SEGMENT))
-    covariate = drift.kind in ("covariate", "segment") and weight > 0
-    shifted = in_scope & covariate
-
-    seconds = np.sort(_seconds_of_day(rng, rows))
-    hour = seconds // 3600
-    channel_shares = np.array(CHANNEL_SHARES)
-    channel = rng.choice(len(CHANNELS), rows, p=channel_shares)
-    online_mix = rng.choice(len(CHANNELS), rows, p=(0.35, 0.58, 0.07))
-    channel = np.where(shifted, online_mix, channel)
-    merchant = rng.choice(len(MERCHANTS), rows, p=MERCHANT_SHARES)
+    hours = rng.choice(24, rows, p=HOURLY_PROFILE / HOURLY_PROFILE.sum())
+    micros = np.sort(hours * 3_600_000_000 + rng.integers(0, 3_600_000_000, rows))
+    region = _pick(rng.random(rows), REGION_SHARES)
+    in_scope = region == REGIONS.index(DRIFTED_SEGMENT) if drift.kind == "segment" else True
+    shifted = in_scope & (drift.kind in ("covariate", "segment") and weight > 0)
+    channel_draw = rng.random(rows)
+    merchant = _pick(rng.random(rows), MERCHANT_SHARES)
     log_amount = MERCHANT_LOG_AMOUNT[merchant] + rng.normal(0, 0.8, rows)
-    log_amount = np.where(shifted, log_amount + 0.55, log_amount)
-    age = np.clip(rng.normal(44, 15, rows), 18, 90).astype(np.int64)
-    account_age = rng.gamma(1.6, 420, rows).astype(np.int64)
     distance = rng.lognormal(1.6, 1.2, rows)
-    distance = np.where(shifted, distance * 2.5, distance)
-    velocity = rng.poisson(np.where(shifted, 3.2, 2.0))
-    trust = rng.beta(np.where(shifted, 3.0, 5.0), 2.0)
+    velocity, drifted_velocity = rng.poisson(2.0, rows), rng.poisson(2.5, rows)
+    trust, drifted_trust = rng.beta(5.0, 2.0, rows), rng.beta(4.2, 2.0, rows)
+    x = {
+        "hour": micros // 3_600_000_000,
+        "merchant": merchant,
+        "channel": np.where(shifted, _pick(channel_draw, DRIFTED_CHANNEL_SHARES),
+                            _pick(channel_draw, CHANNEL_SHARES)),
+        "log_amount": log_amount + shifted * np.log(COVARIATE_AMOUNT_FACTOR),
+        "distance": distance * np.where(shifted, 1.8, 1.0),
+        "velocity": np.where(shifted, drifted_velocity, velocity),
+        "trust": np.where(shifted, drifted_trust, trust),
+        "account_age": rng.gamma(1.6, 420, rows).astype(np.int64),
+        "noise": rng.normal(0, 0.3, rows),
+    }
+    ages = np.clip(rng.normal(44, 15, rows), 18, 90).astype(np.int64)
+    customers = rng.integers(0, CUSTOMERS, rows)
 
-    logit = _logit(hour, merchant, channel, log_amount, account_age, distance, velocity, trust,
-                   concept=False)
+    logit = _logit(x, concept=False) + (PRIOR_SHIFT if drift.kind == "prior" and weight else 0)
+    chance = 1 / (1 + np.exp(-logit))
     if drift.kind in ("concept", "gradual", "segment") and weight > 0:
-        new = _logit(hour, merchant, channel, log_amount, account_age, distance, velocity,
-                     trust, concept=True)
-        logit = np.where(in_scope, (1 - weight) * logit + weight * new, logit)
-    if drift.kind == "prior" and weight > 0:
-        logit = logit + 1.25
-    fraud = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+        # Mix probabilities, not log-odds: averaging opposed log-odds would collapse the rate.
+        drifted = (1 - weight) * chance + weight / (1 + np.exp(-_logit(x, concept=True)))
+        chance = np.where(in_scope, drifted, chance)
+    fraud = (rng.random(rows) < chance).astype(np.int64)
 
     midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    index = np.arange(rows)
+    number = pl.int_range(0, rows, eager=True).cast(pl.String).str.zfill(7)
     return pl.DataFrame({
-        "transaction_id": [f"{day:%Y%m%d}-{seed}-{i:07d}" for i in index],
-        "ts": pl.Series(seconds * 1_000_000, dtype=pl.Int64).cast(pl.Duration("us"))
-        + midnight,
-        "customer_id": [f"c{c:05d}" for c in rng.integers(0, CUSTOMERS, rows)],
-        "region": np.array(REGIONS)[region],
-        "merchant_category": np.array(MERCHANTS)[merchant],
-        "channel": np.array(CHANNELS)[channel],
-        "amount": np.round(np.exp(log_amount), 2),
-        "customer_age": age,
-        "account_age_days": account_age,
-        "distance_from_home_km": np.round(distance, 3),
-        "txn_count_24h": velocity.astype(np.int64),
-        "device_trust_score": np.round(trust, 4),
+        "transaction_id": f"{day:%Y%m%d}-{seed}-" + number,
+        "ts": pl.Series(micros, dtype=pl.Int64).cast(pl.Duration("us")) + midnight,
+        "customer_id": "c" + pl.Series(customers).cast(pl.String).str.zfill(5),
+        "region": pl.Series(np.array(REGIONS)[region], dtype=pl.String),
+        "merchant_category": pl.Series(np.array(MERCHANTS)[merchant], dtype=pl.String),
+        "channel": pl.Series(np.array(CHANNELS)[x["channel"]], dtype=pl.String),
+        "amount": np.maximum(np.round(np.exp(x["log_amount"]), 2), 0.01),
+        "customer_age": ages,
+        "account_age_days": x["account_age"],
+        "distance_from_home_km": np.round(x["distance"], 3),
+        "txn_count_24h": x["velocity"].astype(np.int64),
+        "device_trust_score": np.round(x["trust"], 4),
         "is_fraud": fraud,
     }).with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
-
-
-def _seconds_of_day(rng: np.random.Generator, rows: int) -> np.ndarray:
-    profile = HOURLY_PROFILE / HOURLY_PROFILE.sum()
-    hours = rng.choice(24, rows, p=profile)
-    return hours * 3600 + rng.integers(0, 3600, rows)
 
 
 def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: int,
                seed: int = 0, drift: DriftScenario = DriftScenario()) -> list[Path]:
     """Write one Parquet file per day, `transactions_<YYYY-MM-DD>.parquet`, atomically.
 
-    Each file is written under a hidden temporary name in the same directory, flushed to disk,
-    then renamed, so a reader never sees a half-written file under its final name.
+    Each file is written under a hidden temporary name (`.<name>.<pid>.tmp`) in the same
+    directory, fsynced, then renamed, so a reader never sees a half-written file under its
+    final name.
+
+    Args:
+        landing_dir: Directory to write into; created if missing.
+        start: The first day.
+        days: Number of consecutive days.
+        rows_per_day: Transactions per day.
+        seed: Random seed, as for `simulate_day`.
+        drift: The drift scenario, as for `simulate_day`.
 
     Returns:
         The paths written, in day order.
@@ -178,10 +207,13 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
         frame = simulate_day(day, rows_per_day, seed=seed, drift=drift)
         final = landing_dir / f"transactions_{day.isoformat()}.parquet"
         temporary = landing_dir / f".{final.name}.{os.getpid()}.tmp"
-        with temporary.open("wb") as handle:
-            frame.write_parquet(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        try:
+            with temporary.open("wb") as handle:
+                frame.write_parquet(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
         written.append(final)
     return written
