@@ -14,6 +14,9 @@ from ct_assets.lib.reports import markdown_table
 from ct_assets.lib.validation import PARTITION
 
 
+MAX_PARTITIONS_LISTED = 31
+
+
 def build_ingest_assets(
     config: Config, partitions_def: dg.PartitionsDefinition
 ) -> list[dg.AssetsDefinition]:
@@ -76,7 +79,10 @@ def build_ingest_assets(
                 "rejected_files": len(result.rejected_files),
                 "files_read": result.files_read,
                 "files_skipped": result.files_skipped,
-                "rows_by_partition": dg.MetadataValue.json(per_partition),
+                # The same metadata is stored on every partition of a range run: keep the
+                # per-partition table for short ranges only, or storage grows quadratically.
+                **({"rows_by_partition": dg.MetadataValue.json(per_partition)}
+                   if len(keys) <= MAX_PARTITIONS_LISTED else {}),
                 "rejected": dg.MetadataValue.md(_rejections(result)),
                 "read_validate_seconds": round(result.timings["read_validate_s"], 3),
                 "write_seconds": round(written, 3),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 
 from ct_assets.lib.config import Config
@@ -11,10 +13,17 @@ def build_partitions(config: Config) -> dg.TimeWindowPartitionsDefinition:
     """UTC time partitions starting at `partitions.start`, including the current period.
 
     `end_offset=1` makes the period in progress a partition too: data for today lands today.
-    Weekly partitions start on Monday, as polars' `truncate("1w")` does.
+    Weekly partitions start on Monday, as polars' `truncate("1w")` does. A `partitions.start`
+    inside a week or month starts the partitions at that week's Monday or month's 1st, so every
+    row ingestion accepts (timestamp >= start) falls in a partition that exists.
     """
-    start = config.partitions.start.isoformat()
+    first = config.partitions.start
     granularity = config.partitions.granularity
+    if granularity == "weekly":
+        first -= dt.timedelta(days=first.weekday())
+    elif granularity == "monthly":
+        first = first.replace(day=1)
+    start = first.isoformat()
     if granularity == "hourly":
         return dg.HourlyPartitionsDefinition(start_date=f"{start}-00:00", end_offset=1)
     if granularity == "weekly":

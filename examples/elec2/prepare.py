@@ -1,0 +1,66 @@
+"""Turn Elec2's `elec.csv` (no date column) into timestamped monthly CSV files in a landing dir.
+
+The timestamp is rebuilt as the dataset README says: `1996-05-07 + day_index days +
+round(period * 47) * 30 minutes`, where a new day starts each time `period` drops back to 0.
+Each file is written under a hidden temporary name and renamed, so ingestion never reads a
+half-written file.
+
+    python examples/elec2/prepare.py [--source elec.csv] [--out examples/elec2/data/landing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SOURCE = HERE / "../../../shared/datasets/elec2/elec.csv"
+DEFAULT_OUT = HERE / "data" / "landing"
+FIRST_DAY = dt.datetime(1996, 5, 7, tzinfo=dt.UTC)
+TIMESTAMP = "timestamp"
+
+
+def add_timestamps(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with a UTC `timestamp` column first, rebuilt from row order and `period`."""
+    slot = (pl.col("period") * 47).round().cast(pl.Int64)
+    new_day = (slot < slot.shift(1)).fill_null(False)
+    day_index = new_day.cast(pl.Int64).cum_sum()
+    offset = pl.duration(days=day_index, minutes=slot * 30)
+    return frame.select((pl.lit(FIRST_DAY) + offset).alias(TIMESTAMP), pl.all())
+
+
+def prepare(source: Path, out: Path) -> int:
+    """Write `source` with timestamps into `out`, one CSV per month; returns the rows written."""
+    frame = add_timestamps(pl.read_csv(source))
+    out.mkdir(parents=True, exist_ok=True)
+    month = pl.col(TIMESTAMP).dt.strftime("%Y-%m")
+    written = 0
+    for (key,), part in frame.with_columns(month.alias("_month")).partition_by(
+        "_month", as_dict=True, maintain_order=True
+    ).items():
+        final = out / f"elec2_{key}.csv"
+        temporary = out / f".{final.name}.{os.getpid()}.tmp"
+        part.drop("_month").with_columns(
+            pl.col(TIMESTAMP).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ).write_csv(temporary)
+        os.replace(temporary, final)
+        written += part.height
+    return written
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Elec2 elec.csv")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="landing directory")
+    args = parser.parse_args()
+    rows = prepare(args.source.resolve(), args.out.resolve())
+    print(f"wrote {rows} rows to {args.out.resolve()}")
+
+
+if __name__ == "__main__":
+    main()
