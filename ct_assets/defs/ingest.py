@@ -13,7 +13,6 @@ from ct_assets.lib.quality import RAW_EVENTS_CHECKS, check_raw_events
 from ct_assets.lib.reports import markdown_table
 from ct_assets.lib.validation import PARTITION
 
-
 MAX_PARTITIONS_LISTED = 31
 
 
