@@ -34,8 +34,8 @@ def _prepare_module():
 @pytest.fixture(scope="module")
 def prepare_module():
     module = _prepare_module()
-    if not module.DEFAULT_SOURCE.is_file():
-        pytest.skip(f"Elec2 not available at {module.DEFAULT_SOURCE.resolve()}")
+    assert module.DEFAULT_SOURCE.is_file(), (
+        f"Elec2 not found at {module.DEFAULT_SOURCE.resolve()}: set CT_ELEC2_CSV to elec.csv")
     return module
 
 

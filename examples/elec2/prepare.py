@@ -18,7 +18,12 @@ from pathlib import Path
 import polars as pl
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = HERE / "../../../shared/datasets/elec2/elec.csv"
+# The shared data set sits beside the repository: <repo>/../shared/datasets/elec2/elec.csv.
+# $CT_ELEC2_CSV overrides it; /work/shared is where this team's machines keep it.
+CANDIDATES = [HERE / "../../../shared/datasets/elec2/elec.csv",
+              Path("/work/shared/datasets/elec2/elec.csv")]
+DEFAULT_SOURCE = Path(os.environ.get("CT_ELEC2_CSV") or next(
+    (c for c in CANDIDATES if c.is_file()), CANDIDATES[0]))
 DEFAULT_OUT = HERE / "data" / "landing"
 FIRST_DAY = dt.datetime(1996, 5, 7, tzinfo=dt.UTC)
 TIMESTAMP = "timestamp"
