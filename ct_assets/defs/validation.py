@@ -61,9 +61,14 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
             f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
             f"ORDER BY \"{dataset.timestamp}\"")
         y, _ = encode_labels(holdout[target], task, manifest.get("classes"))
+        notes: list[str] = []
+        unseen = y < 0 if task == "multiclass" else np.zeros(len(y), dtype=bool)
+        if unseen.any():
+            notes.append(f"{int(unseen.sum())} holdout rows have a class the candidate never "
+                         "saw in training; they are left out of the metrics")
+            holdout, y = holdout.filter(pl.Series(~unseen)), y[~unseen]
         scores = {"candidate": candidate.predict(holdout)}
         thresholds = {"candidate": _threshold(manifest)}
-        notes: list[str] = []
         champion = store.deployed()
         if champion:
             try:

@@ -82,13 +82,12 @@ def slice_metrics(y: np.ndarray, scores: np.ndarray, segments: np.ndarray, task:
 
 def calibration_table(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> pl.DataFrame:
     """Mean predicted vs observed positive rate per score decile (binary only)."""
-    frame = pl.DataFrame({"score": scores, "label": y.astype(float)})
     edges = np.linspace(0, 1, bins + 1)
-    frame = frame.with_columns(
-        pl.col("score").cut(list(edges[1:-1]),
-                            labels=[f"{a:.1f}-{b:.1f}" for a, b in itertools.pairwise(edges)])
-        .alias("bin"))
-    return (frame.group_by("bin", maintain_order=False)
+    index = np.clip(np.digitize(scores, edges[1:-1], right=True), 0, bins - 1)
+    labels = [f"{a:.1f}-{b:.1f}" for a, b in itertools.pairwise(edges)]
+    frame = pl.DataFrame({"bin": [labels[i] for i in index], "score": scores,
+                          "label": y.astype(float)})
+    return (frame.group_by("bin")
             .agg(pl.len().alias("rows"), pl.col("score").mean().alias("mean_score"),
                  pl.col("label").mean().alias("observed_rate"))
             .sort("bin"))
@@ -126,8 +125,8 @@ class GateDecision:
     def summary(self) -> str:
         """One line: approved, or why not."""
         if self.approved:
-            versus = ("first model" if self.champion_value is None
-                      else f"champion {self.champion_value:.4f}")
+            known = self.champion_value is not None and math.isfinite(self.champion_value)
+            versus = f"champion {self.champion_value:.4f}" if known else "first model"
             return f"approved: {self.metric} {self.candidate_value:.4f} ({versus})"
         return "rejected: " + "; ".join(self.reasons)
 
