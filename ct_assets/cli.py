@@ -127,8 +127,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
                 deployed["promoted_at"])).total_seconds()),
         },
         "last_retrain": None if latest is None else {
-            "version": latest["version"], "created_at": latest.get("created_at"),
-            "reason": latest.get("reason"), "status": store.status(latest["version"]),
+            "version": versions[-1], "created_at": latest.get("created_at"),
+            "reason": latest.get("reason"), "status": store.status(versions[-1]),
             "decision": latest.get("decision"),
         },
         "models": len(versions),

@@ -43,7 +43,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             if champion and champion["version"] == version:
                 outcome = f"{version} is already deployed"
             else:
-                champion = store.promote(version, reason, run_id=context.run_id,
+                champion = store.promote(version, reason, run_id=context.run.run_id,
                                          gate=decision.get("metric"))
                 outcome = f"promoted {version} (reason: {reason})"
         elif decision is None:

@@ -60,6 +60,16 @@ def write_json_atomic(path: Path, document: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def now_iso() -> str:
     """The current UTC time, ISO 8601."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -87,6 +97,7 @@ class ModelStore:
             The version directory.
         """
         final = self.path(version)
+        self.remove_leftovers()
         if final.exists():
             raise ModelStoreError(f"model version {version} already exists in {self.root}")
         staging = self.root / f".staging-{version}-{os.getpid()}"
@@ -104,6 +115,18 @@ class ModelStore:
         _fsync_dir(self.root)
         return final
 
+    def remove_leftovers(self) -> None:
+        """Delete staging dirs and temporary files left by processes that were killed."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob(".*"):
+            pid = path.name.rsplit("-", 1)[-1] if path.is_dir() else path.name.split(".")[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
     def manifest(self, version: str) -> dict[str, Any]:
         """A version's manifest after checking every file against its sha256.
 
@@ -119,7 +142,8 @@ class ModelStore:
         except ValueError as error:
             raise ModelStoreError(f"{manifest_path}: manifest is not valid JSON ({error})"
                                   ) from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) \
+                or not manifest["files"]:
             raise ModelStoreError(f"{manifest_path}: manifest has no 'files' table")
         for name, expected in manifest["files"].items():
             file = directory / name
@@ -146,7 +170,8 @@ class ModelStore:
                 continue
             try:
                 manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-                if not isinstance(manifest, dict) or "files" not in manifest:
+                if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) \
+                        or not manifest["files"]:
                     raise ValueError("no 'files' table")
             except (OSError, ValueError) as error:
                 log.warning("ignoring model directory %s: no valid manifest (%s)", directory, error)
