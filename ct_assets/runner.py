@@ -12,7 +12,7 @@ import polars as pl
 from ct_assets.definitions import build_definitions
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import Config
-from ct_assets.lib.ingest import FileCatalog, landed_partitions
+from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
@@ -25,21 +25,6 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-
-
-def contiguous_ranges(keys: set[str], ordered: list[str]) -> list[tuple[str, str]]:
-    """Group `keys` into runs of consecutive partitions of `ordered`."""
-    ranges: list[tuple[str, str]] = []
-    previous = -2
-    for position, key in enumerate(ordered):
-        if key not in keys:
-            continue
-        if position == previous + 1:
-            ranges[-1] = (ranges[-1][0], key)
-        else:
-            ranges.append((key, key))
-        previous = position
-    return ranges
 
 
 class _Runner:

@@ -189,7 +189,7 @@ def check_columns_in_data(config: Config, sample: int = 5) -> None:
         )
 
 
-def _file_keys(file: LandedFile, config: Config) -> tuple[str, str] | None:
+def file_partition_range(file: LandedFile, config: Config) -> tuple[str, str] | None:
     """First and last partition key of a file, reading only its timestamp column."""
     dataset = config.dataset
     try:
@@ -229,22 +229,38 @@ def landed_partitions(config: Config, catalog: FileCatalog) -> tuple[set[str], s
             if entry:
                 ranges.append((entry[0], entry[1]))
             continue
-        found = _file_keys(file, config)
+        found = file_partition_range(file, config)
         if found:
             ranges.append(found)
-            pending.update(_keys_between(config, *found))
+            pending.update(keys_between(config, *found))
     for fingerprint, entry in catalog.entries.items():
         if fingerprint not in present and entry:
-            pending.update(_keys_between(config, entry[0], entry[1]))
+            pending.update(keys_between(config, entry[0], entry[1]))
     for first, last in ranges:
-        landed.update(_keys_between(config, first, last))
+        landed.update(keys_between(config, first, last))
     return landed, pending
 
 
-def _keys_between(config: Config, first: str, last: str) -> list[str]:
+def keys_between(config: Config, first: str, last: str) -> list[str]:
+    """Every partition key from `first` to `last`, inclusive."""
     fmt = config.partitions.key_format
     start = dt.datetime.strptime(first, fmt).replace(tzinfo=dt.UTC)
     end = dt.datetime.strptime(last, fmt).replace(tzinfo=dt.UTC)
     keys = pl.datetime_range(start, end, config.partitions.truncate_every, eager=True,
                              time_zone="UTC")
     return keys.dt.strftime(fmt).to_list()
+
+
+def contiguous_ranges(keys: set[str], ordered: list[str]) -> list[tuple[str, str]]:
+    """Group `keys` into runs of consecutive partitions of `ordered`."""
+    ranges: list[tuple[str, str]] = []
+    previous = -2
+    for position, key in enumerate(ordered):
+        if key not in keys:
+            continue
+        if position == previous + 1:
+            ranges[-1] = (ranges[-1][0], key)
+        else:
+            ranges.append((key, key))
+        previous = position
+    return ranges
