@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ct_assets.defs.automation import build_landing_sensor
+from ct_assets.defs.automation import (
+    build_automation_sensor,
+    build_freshness_sensor,
+    build_landing_sensor,
+    build_retrain_schedule,
+)
 from ct_assets.defs.deployment import build_deployment_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
@@ -39,9 +44,11 @@ def build_definitions(config: Config) -> dg.Definitions:
     scoring_job = dg.define_asset_job(
         "scoring_job", selection=dg.AssetSelection.assets("predictions"),
     )
-    sensors = [build_landing_sensor(config, partitions_def)]
+    sensors = [build_landing_sensor(config, partitions_def), build_freshness_sensor(config),
+               build_automation_sensor()]
     return dg.Definitions(assets=assets, jobs=[data_job, retrain_job, scoring_job],
-                          sensors=sensors, resources=build_resources(config))
+                          sensors=sensors, schedules=[build_retrain_schedule(config)],
+                          resources=build_resources(config))
 
 
 @dg.definitions

@@ -4,12 +4,14 @@ Sensors read the landing dir and the Dagster instance only — never the DuckDB 
 allows one writing process and may be held by a run.
 """
 
+import datetime as dt
 import hashlib
 import json
 
 import dagster as dg
 
-from ct_assets.lib.config import Config
+from ct_assets.defs.metadata import REASON_TAG
+from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.ingest import contiguous_ranges
 from ct_assets.lib.landing import scan_landing
 
@@ -56,3 +58,104 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
 
     return landing_sensor
+
+
+ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+TRIGGER_INTERVAL_SECONDS = 30
+
+
+def retrain_request(reason: str, run_key: str, detail: str) -> dg.RunRequest:
+    """A `retrain_job` run that records why it was launched (read by `ct status`, manifests)."""
+    return dg.RunRequest(run_key=run_key, job_name="retrain_job",
+                         tags={REASON_TAG: reason, "ct/trigger_detail": detail[:200]})
+
+
+def retrain_blocked(instance: dg.DagsterInstance, since: dt.datetime | None = None) -> str | None:
+    """Why a new retrain must not start now, or None when it may.
+
+    Blocked when a retrain is queued or running, or when one was created after the event
+    (`since`): that run already answers it, so two triggers for one event give one retrain.
+    """
+    active = instance.get_runs(dg.RunsFilter(job_name="retrain_job", statuses=ACTIVE_STATUSES),
+                               limit=1)
+    if active:
+        return f"retrain run {active[0].run_id[:8]} is already queued or running"
+    if since is not None:
+        later = instance.get_runs(dg.RunsFilter(job_name="retrain_job", created_after=since),
+                                  limit=1)
+        if later:
+            return f"retrain run {later[0].run_id[:8]} started after this event"
+    return None
+
+
+def build_freshness_sensor(config: Config) -> dg.SensorDefinition:
+    """The sensor that retrains when no model is deployed or the deployed one is too old."""
+    max_age = parse_duration(config.triggers.max_model_age)
+    needed = config.training.holdout + 1
+    status = (dg.DefaultSensorStatus.RUNNING if config.triggers.freshness
+              else dg.DefaultSensorStatus.STOPPED)
+
+    @dg.sensor(job_name="retrain_job", minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS,
+               default_status=status)
+    def freshness_sensor(context: dg.SensorEvaluationContext
+                         ) -> dg.RunRequest | dg.SkipReason:
+        """No deployed model yet, or one older than `triggers.max_model_age` → retrain.
+
+        Reads the latest `deployed_model` materialization from the instance. The first model
+        waits until `training.holdout + 1` partitions of features exist.
+        """
+        instance = context.instance
+        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+        metadata = event.asset_materialization.metadata if event and \
+            event.asset_materialization else {}
+        version = metadata["deployed_version"].value if "deployed_version" in metadata else None
+        if version in (None, "none"):
+            built = instance.get_materialized_partitions(dg.AssetKey("features"))
+            if len(built) < needed:
+                return dg.SkipReason(f"no model deployed; waiting for {needed} partitions of "
+                                     f"features ({len(built)} so far)")
+            latest = instance.get_latest_materialization_event(dg.AssetKey("features"))
+            marker = latest.storage_id if latest else 0
+            blocked = retrain_blocked(instance)
+            if blocked:
+                return dg.SkipReason(blocked)
+            return retrain_request("initial", f"freshness:initial:{marker}",
+                                   "no model is deployed yet")
+        promoted = dt.datetime.fromisoformat(str(metadata["promoted_at"].value))
+        age = dt.datetime.now(dt.UTC) - promoted
+        if age <= max_age:
+            return dg.SkipReason(f"deployed model {version} is {age} old "
+                                 f"(max {config.triggers.max_model_age})")
+        blocked = retrain_blocked(instance)
+        if blocked:
+            return dg.SkipReason(blocked)
+        period = int(age / max_age)
+        return retrain_request("freshness", f"freshness:{version}:{period}",
+                               f"deployed model {version} is {age} old")
+
+    return freshness_sensor
+
+
+def build_retrain_schedule(config: Config) -> dg.ScheduleDefinition:
+    """The cron schedule that retrains regardless of signals (`triggers.schedule`)."""
+    status = (dg.DefaultScheduleStatus.RUNNING if config.triggers.schedule
+              else dg.DefaultScheduleStatus.STOPPED)
+
+    @dg.schedule(cron_schedule=config.triggers.cron, job_name="retrain_job",
+                 execution_timezone="UTC", default_status=status)
+    def retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        """Retrain on `triggers.cron` (UTC), tagged with reason `schedule`."""
+        moment = context.scheduled_execution_time.isoformat()
+        return retrain_request("schedule", f"schedule:{moment}", f"cron {config.triggers.cron}")
+
+    return retrain_schedule
+
+
+def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the assets' automation conditions, on by default."""
+    return dg.AutomationConditionSensorDefinition(
+        "automation_sensor", target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+        description="Keeps features, predictions and the monitoring assets following their "
+                    "upstreams (AutomationCondition.eager).")

@@ -8,7 +8,7 @@ import polars as pl
 
 from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
-from ct_assets.lib.config import Config
+from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import passthrough_columns
 from ct_assets.lib.ingest import partition_keys
@@ -22,7 +22,8 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
     dataset = config.dataset
 
     @dg.asset(deps=["validation_report", "candidate_model"], group_name="deployment",
-              kinds={"json"})
+              kinds={"json"}, freshness_policy=dg.FreshnessPolicy.time_window(
+                  fail_window=parse_duration(config.triggers.max_model_age)))
     def deployed_model(context: dg.AssetExecutionContext,
                        model_store: ModelStoreResource) -> dg.MaterializeResult:
         """The champion in production: the candidate is promoted only when the gate approved it.
@@ -68,6 +69,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["features", deployed_model], group_name="deployment",
         kinds={"duckdb", "polars"}, pool="duckdb",
+        automation_condition=dg.AutomationCondition.eager(),
         metadata={"dagster/table_name": "warehouse.main.predictions"},
     )
     def predictions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,

@@ -26,6 +26,7 @@ def build_feature_assets(
             start_offset=-lookback, allow_nonexistent_upstream_partitions=True))],
         group_name="features",
         kinds={"duckdb", "polars"},
+        automation_condition=dg.AutomationCondition.eager(),
         pool="duckdb",
         metadata={"dagster/table_name": "warehouse.main.features",
                   "feature_count": len(schema)},
