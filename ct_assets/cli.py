@@ -197,11 +197,28 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
     if target not in store.versions():
         raise ModelStoreError(f"no model version {target!r} in {store.root}")
     record = store.promote(target, "rollback", rolled_back_from=deployed["version"])
+    _record_deployment(config, record, f"rolled back from {deployed['version']}")
     if args.json:
         print(json.dumps(record, default=str))
     else:
         print(f"deployed {target} (rollback from {deployed['version']})")
     return 0
+
+
+def _record_deployment(config: Config, record: dict, outcome: str) -> None:
+    """Tell the Dagster instance that `deployed_model` changed outside a run.
+
+    The UI then shows the rolled-back version, and the freshness sensor (which reads the
+    instance, never the model store) sees its promotion time.
+    """
+    import dagster as dg
+
+    prepare_dagster_home(config)
+    metadata = {"deployed_version": record["version"], "outcome": outcome,
+                "reason": record["reason"], "promoted_at": record["promoted_at"]}
+    with dg.DagsterInstance.get() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="deployed_model", metadata=metadata))
 
 
 def cmd_home(args: argparse.Namespace, config: Config) -> int:
