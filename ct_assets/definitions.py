@@ -6,6 +6,7 @@ import dagster as dg
 
 from ct_assets.defs.automation import (
     build_automation_sensor,
+    build_check_sensor,
     build_freshness_sensor,
     build_landing_sensor,
     build_retrain_schedule,
@@ -13,6 +14,7 @@ from ct_assets.defs.automation import (
 from ct_assets.defs.deployment import build_deployment_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
+from ct_assets.defs.monitoring import build_monitoring_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
 from ct_assets.defs.training import build_training_assets
@@ -33,6 +35,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         *build_training_assets(config),
         *build_validation_assets(config),
         *build_deployment_assets(config, partitions_def),
+        *build_monitoring_assets(config, partitions_def),
     ]
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
@@ -44,8 +47,16 @@ def build_definitions(config: Config) -> dg.Definitions:
     scoring_job = dg.define_asset_job(
         "scoring_job", selection=dg.AssetSelection.assets("predictions"),
     )
-    sensors = [build_landing_sensor(config, partitions_def), build_freshness_sensor(config),
-               build_automation_sensor()]
+    triggers = config.triggers
+    sensors = [
+        build_landing_sensor(config, partitions_def),
+        build_check_sensor("drift_sensor", "drift_report", "feature_drift", "drift",
+                           triggers.drift),
+        build_check_sensor("performance_sensor", "model_performance", "performance",
+                           "performance", triggers.performance),
+        build_freshness_sensor(config),
+        build_automation_sensor(),
+    ]
     return dg.Definitions(assets=assets, jobs=[data_job, retrain_job, scoring_job],
                           sensors=sensors, schedules=[build_retrain_schedule(config)],
                           resources=build_resources(config))

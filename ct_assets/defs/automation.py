@@ -9,6 +9,9 @@ import hashlib
 import json
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,  # no public export in 1.13
+)
 
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import Config, parse_duration
@@ -159,3 +162,43 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
         description="Keeps features, predictions and the monitoring assets following their "
                     "upstreams (AutomationCondition.eager).")
+
+
+def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: bool
+                       ) -> dg.SensorDefinition:
+    """A sensor that retrains when a monitoring check fails (drift, performance).
+
+    It reads failed evaluations of `asset`'s `check` from the instance, newest first, after its
+    cursor (the last evaluation handled). Each failure gives at most one retrain: the run key
+    names the partition and the evaluation, and a failure that a queued, running or later
+    retrain already answers is skipped.
+    """
+    check_key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    status = dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED
+
+    @dg.sensor(name=name, job_name="retrain_job",
+               minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS, default_status=status,
+               description=f"A failed `{check}` check on `{asset}` → retrain_job "
+                           f"(reason `{reason}`).")
+    def check_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        last = int(context.cursor or 0)
+        failed = AssetCheckExecutionRecordStatus.FAILED
+        records = context.instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=20, status={failed})
+        new = sorted((r for r in records if r.id > last), key=lambda r: r.id)
+        if not new:
+            return dg.SensorResult(skip_reason=f"no new failure of {asset}.{check}")
+        record = new[-1]  # the newest failure stands for the ones before it
+        evaluation = record.evaluation
+        metadata = evaluation.metadata if evaluation else {}
+        partition = metadata["first_flagged"].value if "first_flagged" in metadata else "?"
+        happened = dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC)
+        blocked = retrain_blocked(context.instance, since=happened)
+        if blocked:
+            return dg.SensorResult(skip_reason=f"{asset}.{check} failed for {partition}: "
+                                               f"{blocked}", cursor=str(record.id))
+        request = retrain_request(reason, f"{reason}:{partition}:{record.id}",
+                                  f"{asset}.{check} failed for partition {partition}")
+        return dg.SensorResult(run_requests=[request], cursor=str(record.id))
+
+    return check_sensor

@@ -13,6 +13,7 @@ from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, best_f1_threshold, compute_metrics
 from ct_assets.lib.features import feature_schema
+from ct_assets.lib.monitoring import REFERENCE_FILE, fit_profiles, save_profiles
 from ct_assets.lib.training import encode_labels, inner_split_index, train_model
 from ct_assets.lib.training_set import (
     SPLIT,
@@ -62,6 +63,11 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
             connection.register("incoming", frame.to_arrow())
             connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
         version = fingerprint(frame)
+        # The drift reference of this training window, fitted once and reused for every
+        # partition the resulting model scores (it travels with the model).
+        config.reference_dir.mkdir(parents=True, exist_ok=True)
+        save_profiles(fit_profiles(frame.filter(pl.col(SPLIT) == "train"), config),
+                      config.reference_dir / version)
         summary = summarize(frame, target, dataset.task, dataset.timestamp)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
@@ -132,8 +138,11 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         manifest["operating_threshold"] = threshold
         manifest["metrics"] = {"inner_validation": compute_metrics(
             labels, inner_scores, dataset.task, threshold or OPERATING_THRESHOLD)}
+        profile = config.reference_dir / manifest["training_set_version"] / REFERENCE_FILE
         with tempfile.TemporaryDirectory() as work:
             files = model.save(Path(work))
+            if profile.is_file():
+                files[REFERENCE_FILE] = profile
             store.save(version, files, manifest)
         top = info["top_features"]
         return dg.MaterializeResult(metadata={

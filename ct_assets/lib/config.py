@@ -209,6 +209,14 @@ class GateConfig(_Section):
     max_regression: float = Field(default=0.01, ge=0)
 
 
+class PageHinkleyConfig(_Section):
+    """Page-Hinkley settings for per-partition series (one value per partition)."""
+
+    min_instances: int = Field(default=5, ge=1)
+    delta: float = Field(default=0.01, ge=0)
+    threshold: float = Field(default=0.25, gt=0)
+
+
 class DriftConfig(_Section):
     """Drift detection settings."""
 
@@ -216,6 +224,7 @@ class DriftConfig(_Section):
     thresholds: dict[str, float] = Field(default_factory=dict)
     share: float = Field(default=0.5, gt=0, le=1)
     critical: list[str] = Field(default_factory=list)
+    page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
 
 
 class TriggersConfig(_Section):
@@ -312,6 +321,11 @@ class Config(_Section):
     def landing_catalog_path(self) -> Path:
         """What ingestion knows of each landed file version (per granularity)."""
         return self.storage.dir / f"landing_catalog.{self.partitions.granularity}.json"
+
+    @property
+    def reference_dir(self) -> Path:
+        """Drift reference profiles of training sets."""
+        return self.storage.dir / "reference"
 
     @property
     def dagster_home(self) -> Path:

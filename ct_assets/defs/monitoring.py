@@ -1,0 +1,183 @@
+"""Monitoring stage: drift against the deployed model's reference; realised performance."""
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.lib.config import Config
+from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
+from ct_assets.lib.features import offset_partitions
+from ct_assets.lib.ingest import partition_keys
+from ct_assets.lib.monitoring import (
+    error_of,
+    load_profiles,
+    partition_drift,
+    performance_alarm,
+)
+from ct_assets.lib.serving import load_verified
+from ct_assets.lib.training import encode_labels
+from ct_assets.lib.validation import PARTITION
+
+PARTITION_START = "partition_start"
+
+
+def _deployed(model_store: ModelStoreResource) -> tuple[str, Path]:
+    store = model_store.get()
+    champion = store.deployed()
+    if champion is None:
+        raise dg.Failure("no model is deployed yet, so there is no reference to compare with")
+    store.manifest(champion["version"])  # verifies every file's sha256, the profile's too
+    return champion["version"], store.path(champion["version"])
+
+
+def _with_start(frame: pl.DataFrame, config: Config) -> pl.DataFrame:
+    fmt = config.partitions.key_format
+    return frame.with_columns(pl.col(PARTITION).str.strptime(pl.Datetime("us"), fmt)
+                              .dt.replace_time_zone("UTC").alias(PARTITION_START))
+
+
+def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinition
+                            ) -> list[dg.AssetsDefinition]:
+    """The `drift_report` and `model_performance` assets with their checks."""
+    dataset, triggers = config.dataset, config.triggers
+    delay = triggers.label_delay
+
+    @dg.asset(
+        partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=["features", "deployed_model"], group_name="monitoring",
+        kinds={"duckdb", "polars"}, pool="duckdb",
+        automation_condition=dg.AutomationCondition.eager(),
+        check_specs=[dg.AssetCheckSpec(
+            "feature_drift", asset="drift_report",
+            description="Fails when the share of drifted features reaches drift.share, a "
+                        "critical feature or the target drifts, or a segment drifts.")],
+        metadata={"dagster/table_name": "warehouse.main.drift_report"},
+    )
+    def drift_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     model_store: ModelStoreResource):
+        """Per-feature drift of each partition against the deployed model's training reference.
+
+        Overall and per segment, plus the target's distribution (prior shift). The reference
+        profile was fitted once on the training window and is stored with the model.
+        """
+        version, directory = _deployed(model_store)
+        profiles = load_profiles(directory)
+        window = context.partition_time_window
+        features = warehouse.get().read_range("features", dataset.timestamp, window.start,
+                                              window.end)
+        reports, verdicts = [], {}
+        for key in partition_keys(config, window.start, window.end):
+            report, verdict = partition_drift(
+                profiles, features.filter(pl.col(PARTITION) == key), config)
+            reports.append(report.with_columns(pl.lit(key).alias(PARTITION)))
+            verdicts[key] = verdict
+        table = _with_start(pl.concat(reports), config).with_columns(
+            pl.lit(version).alias("model_version"))
+        warehouse.get().replace_range("drift_report", table, PARTITION_START, window.start,
+                                      window.end)
+        flagged = [key for key, verdict in verdicts.items() if verdict["drifted"]]
+        last = verdicts[max(verdicts)]
+        overall = table.filter(pl.col("segment") == "all")
+        statistics = {f"statistic_{row['feature']}": row["statistic"]
+                      for row in overall.filter(pl.col(PARTITION) == max(verdicts))
+                      .iter_rows(named=True) if row["statistic"] is not None}
+        yield dg.MaterializeResult(metadata={
+            "model_version": version,
+            "drifted_share": last["drifted_share"],
+            "drifted_features": ", ".join(last["drifted_features"]) or "none",
+            "target_drifted": last["target_drifted"],
+            "segments_drifted": ", ".join(last["segments_drifted"]) or "none",
+            "partitions_flagged": ", ".join(flagged) or "none",
+            **statistics,
+        })
+        yield dg.AssetCheckResult(
+            check_name="feature_drift", passed=not flagged,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"observed": last["drifted_share"], "threshold": config.drift.share,
+                      "partitions_flagged": ", ".join(flagged) or "none",
+                      "first_flagged": min(flagged) if flagged else "none",
+                      "drifted_features": ", ".join(last["drifted_features"]) or "none",
+                      "target_drifted": last["target_drifted"],
+                      "segments_drifted": ", ".join(last["segments_drifted"]) or "none",
+                      "model_version": version},
+        )
+
+    @dg.asset(
+        partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=["predictions", dg.AssetDep("raw_events", partition_mapping=(
+            dg.TimeWindowPartitionMapping(start_offset=delay, end_offset=delay)))],
+        group_name="monitoring", kinds={"duckdb", "polars"}, pool="duckdb",
+        automation_condition=dg.AutomationCondition.eager(),
+        check_specs=[dg.AssetCheckSpec(
+            "performance", asset="model_performance",
+            description="Fails when the gate metric on labelled predictions falls below "
+                        "triggers.min_performance, or Page-Hinkley detects a rise in the error "
+                        "series (concept drift without a covariate signature).")],
+        metadata={"dagster/table_name": "warehouse.main.model_performance"},
+    )
+    def model_performance(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                          model_store: ModelStoreResource):
+        """Realised performance of the deployed model on each partition, once labels are known.
+
+        Labels of a partition count as known when the partition `triggers.label_delay` later has
+        landed; partitions whose labels are not known yet are left for a later run.
+        """
+        window = context.partition_time_window
+        landed = context.instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+        fmt = config.partitions.key_format
+        keys = [key for key in partition_keys(config, window.start, window.end)
+                if delay == 0 or offset_partitions(
+                    config, dt.datetime.strptime(key, fmt).replace(tzinfo=dt.UTC), delay
+                ).strftime(fmt) in landed]
+        if not keys:
+            raise dg.Failure(f"labels of {context.partition_key_range.start}… are not known "
+                             f"yet (triggers.label_delay = {delay} partitions)")
+        store = warehouse.get()
+        predictions = store.read_range("predictions", dataset.timestamp, window.start,
+                                       window.end)
+        rows = []
+        for key in keys:
+            part = predictions.filter(pl.col(PARTITION) == key)
+            for model_version, scored in part.group_by("model_version"):
+                _, manifest = load_verified(model_store.get(), str(model_version[0]))
+                y, _ = encode_labels(scored[dataset.target], dataset.task,
+                                     manifest.get("classes"))
+                threshold = manifest.get("operating_threshold") or OPERATING_THRESHOLD
+                metrics = compute_metrics(y, scored["score"].to_numpy(), dataset.task,
+                                          threshold)
+                rows.append({PARTITION: key, "model_version": str(model_version[0]),
+                             "rows": scored.height, **metrics,
+                             "error": error_of(metrics, config)})
+        table = _with_start(pl.DataFrame(rows), config)
+        store.replace_range("model_performance", table, PARTITION_START, window.start,
+                            window.end)
+        history = store.query(
+            f"SELECT {PARTITION}, model_version, error FROM model_performance "
+            f"ORDER BY {PARTITION_START}")
+        metric = config.gate.metric
+        latest = table.sort(PARTITION).row(-1, named=True)
+        series = history.filter(pl.col("model_version") == latest["model_version"])
+        alarm = performance_alarm(series["error"].to_list(),
+                                  **config.drift.page_hinkley.model_dump())
+        value = latest.get(metric)
+        low = [row[PARTITION] for row in table.iter_rows(named=True)
+               if row.get(metric) is not None and row[metric] < triggers.min_performance]
+        yield dg.MaterializeResult(metadata={
+            "model_version": latest["model_version"], metric: value,
+            "error": latest["error"], "rows": int(table["rows"].sum()),
+            "labelled_partitions": ", ".join(keys), "page_hinkley_alarm": alarm,
+        })
+        yield dg.AssetCheckResult(
+            check_name="performance", passed=not low and not alarm,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"observed": value, "threshold": triggers.min_performance,
+                      "metric": metric, "partitions_below": ", ".join(low) or "none",
+                      "first_flagged": (min(low) if low else latest[PARTITION] if alarm
+                                        else "none"),
+                      "page_hinkley_alarm": alarm, "model_version": latest["model_version"]},
+        )
+
+    return [drift_report, model_performance]
