@@ -30,7 +30,12 @@ EXPECTED_GRAPH = {
                        "kinds": {"json"}, "pool": None, "partitioned": False},
     "predictions": {"group": "deployment", "deps": {"features", "deployed_model"},
                     "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
+    "drift_report": {"group": "monitoring", "deps": {"features", "deployed_model"},
+                     "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
+    "model_performance": {"group": "monitoring", "deps": {"predictions", "raw_events"},
+                          "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
 }
+EAGER = {"features", "predictions", "drift_report", "model_performance"}
 
 
 def test_project_definitions_load_from_the_repository_config(monkeypatch):
@@ -57,7 +62,26 @@ def test_graph_snapshot(tmp_path):
             "partitioned": node.partitions_def is not None,
         }
         assert assets_def.descriptions_by_key[key], f"{key} has no description"
+        eager = node.automation_condition is not None
+        assert eager == (key.to_user_string() in EAGER), key
     assert snapshot == EXPECTED_GRAPH
+
+
+def test_sensors_and_schedule_defaults(tmp_path):
+    config = config_from_dict({"dataset": {"source": "simulator"}}, base_dir=tmp_path)
+    defs = build_definitions(config)
+    running = dg.DefaultSensorStatus.RUNNING
+    for name in ("landing_sensor", "drift_sensor", "performance_sensor", "freshness_sensor",
+                 "automation_sensor"):
+        assert defs.resolve_sensor_def(name).default_status == running, name
+    schedule = defs.resolve_schedule_def("retrain_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED  # triggers.schedule off
+    quiet = config_from_dict({"dataset": {"source": "simulator"},
+                              "triggers": {"drift": False, "schedule": True}}, base_dir=tmp_path)
+    defs = build_definitions(quiet)
+    assert defs.resolve_sensor_def("drift_sensor").default_status != running
+    assert defs.resolve_schedule_def("retrain_schedule").default_status == (
+        dg.DefaultScheduleStatus.RUNNING)
 
 
 def test_raw_event_checks_and_policies(tmp_path):
