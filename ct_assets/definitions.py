@@ -45,8 +45,12 @@ def build_definitions(config: Config) -> dg.Definitions:
         description="Train a candidate, validate it against the champion, promote if approved.",
     )
     scoring_job = dg.define_asset_job(
-        "scoring_job", selection=dg.AssetSelection.assets("predictions"),
-    )
+        "scoring_job", selection=dg.AssetSelection.assets("predictions"))
+    drift_job = dg.define_asset_job(
+        "drift_job", selection=dg.AssetSelection.assets("drift_report"))
+    performance_job = dg.define_asset_job(
+        "performance_job", selection=dg.AssetSelection.assets("model_performance"))
+    jobs = [data_job, retrain_job, scoring_job, drift_job, performance_job]
     triggers = config.triggers
     sensors = [
         build_landing_sensor(config, partitions_def),
@@ -57,7 +61,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         build_freshness_sensor(config),
         build_automation_sensor(),
     ]
-    return dg.Definitions(assets=assets, jobs=[data_job, retrain_job, scoring_job],
+    return dg.Definitions(assets=assets, jobs=jobs,
                           sensors=sensors, schedules=[build_retrain_schedule(config)],
                           resources=build_resources(config))
 

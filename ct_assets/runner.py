@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -10,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from ct_assets.definitions import build_definitions
+from ct_assets.defs.automation import DETAIL_TAG
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
@@ -59,13 +61,16 @@ class _Runner:
 
 
 def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True) -> dict:
-    """One in-process pass: ingest, build features, train a first model, score.
+    """One in-process pass of what the daemon does, in dependency order.
 
-    - every landed partition that is new or changed is ingested and featurised (`data_job`,
-      one run and one scan per contiguous range);
-    - when no model is deployed yet, the retrain job trains, validates and promotes one
-      (reason `initial`);
-    - every partition without predictions, or just re-ingested, is scored (`scoring_job`).
+    1. every landed partition that is new or changed is ingested and featurised (`data_job`,
+       one run and one scan per contiguous range);
+    2. when no model is deployed yet, `retrain_job` trains, validates and promotes one
+       (reason `initial`);
+    3. partitions without predictions, drift reports or (once labels are known) performance
+       are brought up to date (`scoring_job`, `drift_job`, `performance_job`);
+    4. the retraining triggers (drift, performance and freshness sensors) are evaluated on the
+       instance, and the retrain they ask for is run, tagged with its reason.
 
     Runs are recorded in the Dagster instance of `$DAGSTER_HOME`, so the UI shows them like
     daemon-launched runs.
@@ -80,20 +85,74 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     with dg.DagsterInstance.get() as instance:
         runner = _Runner(defs, instance, progress)
         landed, pending = landed_partitions(config, FileCatalog(config.landing_catalog_path))
-        done = instance.get_materialized_partitions(dg.AssetKey("raw_events"))
         ordered = partitions_def.get_partition_keys()
+        done = _materialized(instance, "raw_events")
         ingest = landed if rebuild else pending | (landed - done)
         runner.partitioned("data_job", ingest, ordered)
         if store.deployed() is None and landed:
             runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
         if store.deployed() is not None:
-            scored = instance.get_materialized_partitions(dg.AssetKey("predictions"))
-            runner.partitioned("scoring_job", (landed - scored) | (ingest & landed), ordered)
+            _monitor(runner, config, landed, ingest, ordered)
+            triggered = evaluate_triggers(defs, instance, config)
+            if triggered:
+                request = triggered[0]  # one retrain per pass answers every pending trigger
+                reason = request.tags[REASON_TAG]
+                runner.run("retrain_job", f"({reason}: {request.tags.get(DETAIL_TAG, '')})",
+                           dict(request.tags))
     return {"landed_partitions": len(landed), "runs": runner.runs,
             "failed_runs": sum(not run["success"] for run in runner.runs),
             "partitions": partition_summary(config, sorted(landed)),
             "deployed": store.deployed(),
             "sample_predictions": sample_predictions(config)}
+
+
+def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
+
+
+def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[str],
+             ordered: list[str]) -> None:
+    """Score, check drift and measure performance where it is missing or out of date."""
+    instance = runner.instance
+    fresh = ingested & landed
+    for job, asset in (("scoring_job", "predictions"), ("drift_job", "drift_report")):
+        runner.partitioned(job, (landed - _materialized(instance, asset)) | fresh, ordered)
+    delay = config.triggers.label_delay
+    position = {key: index for index, key in enumerate(ordered)}
+    labelled = {key for key in landed if key in position and position[key] + delay < len(ordered)
+                and ordered[position[key] + delay] in landed}
+    measured = _materialized(instance, "model_performance")
+    runner.partitioned("performance_job", (labelled - measured) | (fresh & labelled), ordered)
+
+
+def evaluate_triggers(defs: dg.Definitions, instance: dg.DagsterInstance, config: Config
+                      ) -> list[dg.RunRequest]:
+    """Evaluate the retrain sensors that `triggers` switches on, as the daemon would.
+
+    Their cursors and the run keys already launched are kept in `<storage>/ct_run_state.json`,
+    so a pass never answers the same event twice.
+    """
+    state_path = config.storage_dir / "ct_run_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    cursors, launched = state.get("cursors", {}), set(state.get("run_keys", []))
+    switched = {"drift_sensor": config.triggers.drift,
+                "performance_sensor": config.triggers.performance,
+                "freshness_sensor": config.triggers.freshness}
+    requests = []
+    for name, enabled in switched.items():
+        if not enabled:
+            continue
+        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(name),
+                                          definitions=defs)
+        result = defs.resolve_sensor_def(name).evaluate_tick(context)
+        if result.cursor is not None:
+            cursors[name] = result.cursor
+        for request in result.run_requests or []:
+            if request.run_key not in launched:
+                launched.add(request.run_key)
+                requests.append(request)
+    state_path.write_text(json.dumps({"cursors": cursors, "run_keys": sorted(launched)}))
+    return requests
 
 
 def sample_predictions(config: Config, rows: int = 5) -> list[dict]:

@@ -66,12 +66,13 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
 ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                    dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 TRIGGER_INTERVAL_SECONDS = 30
+DETAIL_TAG = "ct/trigger_detail"
 
 
 def retrain_request(reason: str, run_key: str, detail: str) -> dg.RunRequest:
     """A `retrain_job` run that records why it was launched (read by `ct status`, manifests)."""
     return dg.RunRequest(run_key=run_key, job_name="retrain_job",
-                         tags={REASON_TAG: reason, "ct/trigger_detail": detail[:200]})
+                         tags={REASON_TAG: reason, DETAIL_TAG: detail[:200]})
 
 
 def retrain_blocked(instance: dg.DagsterInstance, since: dt.datetime | None = None) -> str | None:
