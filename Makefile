@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: simulate 30 days ending today, ingest them and build features; prints a summary
+## demo: the whole loop on the simulator: 30 days of history, a first model, 10 more days with
+## a drift injected on a known day, its detection, the retrain; prints summaries and a timeline
 demo: $(STAMP)
-	$(CT) simulate --days 30
-	DAGSTER_HOME=$$($(CT) home) $(CT) run
+	DAGSTER_HOME=$$($(CT) home) $(CT) demo
 
 ## test: the whole suite
 test: $(STAMP)

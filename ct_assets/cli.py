@@ -90,6 +90,15 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return 0 if summary["failed_runs"] == 0 else 1
 
 
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    """The whole loop on the simulator: history, first model, drift, detection, retrain."""
+    from ct_assets.demo import run_demo
+
+    prepare_dagster_home(config)
+    print(run_demo(config, rows_per_day=args.rows_per_day, kind=args.drift))
+    return 0
+
+
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     """List what ingestion rejected."""
     from ct_assets.lib.quarantine import Quarantine
@@ -249,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--all", action="store_true", help="rebuild every landed partition")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="the whole loop on the simulator, with a timeline")
+    demo.add_argument("--rows-per-day", type=int, default=2000)
+    demo.add_argument("--drift", default="covariate",
+                      choices=["covariate", "concept", "prior", "gradual", "segment"])
+    demo.set_defaults(handler=cmd_demo)
 
     quarantine = commands.add_parser("quarantine", help="list rejected rows and files")
     quarantine.add_argument("--json", action="store_true")

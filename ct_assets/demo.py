@@ -1,0 +1,104 @@
+"""`ct demo`: the whole continuous-training loop on the simulator, with its timeline.
+
+History lands and a first model is trained; then days with a drift injected on a known day
+land, the drift is detected, a retrain is launched for it and the new model is promoted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ct_assets.lib import simulator
+from ct_assets.lib.config import Config, ConfigError
+from ct_assets.lib.model_store import ModelStore
+from ct_assets.lib.reports import text_table
+from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.warehouse import Warehouse
+from ct_assets.runner import format_summary, run_pipeline
+
+
+def run_demo(config: Config, *, history_days: int = 30, drifted_days: int = 10,
+             drift_after: int = 3, rows_per_day: int = 2000, kind: str = "covariate",
+             progress: bool = True) -> str:
+    """Land history, train, land drifted days, detect, retrain; return the report text."""
+    if config.dataset.source != "simulator":
+        raise ConfigError(f"{config.path}: `ct demo` needs dataset.source: simulator")
+    today = dt.datetime.now(dt.UTC).date()
+    start = today - dt.timedelta(days=history_days + drifted_days - 1)
+    drift_day = start + dt.timedelta(days=history_days + drift_after)
+    scenario = simulator.DriftScenario(kind, drift_day)
+    out = [f"1. history: {history_days} days from {start} ({rows_per_day} rows/day)"]
+    simulator.write_days(config.landing_dir, start=start, days=history_days,
+                         rows_per_day=rows_per_day, drift=scenario)
+    first = run_pipeline(config, progress=progress)
+    out += [format_summary(first), "",
+            f"2. {drifted_days} more days up to today, {kind} drift injected from {drift_day}"]
+    simulator.write_days(config.landing_dir, start=start + dt.timedelta(days=history_days),
+                         days=drifted_days, rows_per_day=rows_per_day, drift=scenario)
+    second = run_pipeline(config, progress=progress)
+    out += [text_table(second["runs"], ["job", "what", "success", "seconds"]), "",
+            "3. timeline", text_table(timeline(config, drift_day), TIMELINE_COLUMNS), "",
+            "4. models", text_table(model_history(config), MODEL_COLUMNS)]
+    return "\n".join(out)
+
+
+TIMELINE_COLUMNS = ["partition", "rows", "drifted_features", "drift_share", "metric",
+                    "scored_by", "event"]
+MODEL_COLUMNS = ["version", "reason", "promoted_at", "holdout_before", "holdout_after",
+                 "status"]
+
+
+def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
+    """One row per partition: rows, drift, realised metric, scoring model, and events."""
+    warehouse = Warehouse(config.warehouse_path)
+    metric, target = config.gate.metric, config.dataset.target
+    rows = warehouse.query(f"SELECT {PARTITION} AS partition, count(*) AS rows FROM raw_events "
+                           "GROUP BY 1")
+    drift = warehouse.query(
+        f"SELECT {PARTITION} AS partition, sum(drifted::INT) AS drifted_features, "
+        "avg(drifted::INT) AS drift_share FROM drift_report "
+        "WHERE segment = 'all' AND feature != ? GROUP BY 1", [target])
+    performance = warehouse.query(
+        f"SELECT {PARTITION} AS partition, {metric} AS metric FROM model_performance")
+    scored = warehouse.query(
+        f"SELECT {PARTITION} AS partition, min(model_version) AS scored_by FROM predictions "
+        "GROUP BY 1")
+    table = (rows.join(drift, on="partition", how="left")
+             .join(performance, on="partition", how="left")
+             .join(scored, on="partition", how="left").sort("partition"))
+    promotions = {}
+    for record in ModelStore(config.models_dir).pointer()["history"]:
+        promotions.setdefault(record["promoted_at"][:10], []).append(
+            f"{record['reason']} → {record['version']}")
+    result = []
+    for row in table.iter_rows(named=True):
+        events = []
+        if drift_day and row["partition"] == drift_day.isoformat():
+            events.append("drift injected")
+        if row["drift_share"] is not None and row["drift_share"] >= config.drift.share:
+            events.append("drift detected")
+        result.append({**row, "drift_share": _round(row["drift_share"]),
+                       "metric": _round(row["metric"]), "event": "; ".join(events)})
+    if promotions:
+        result.append({"partition": "(today)", "event": "; ".join(
+            "; ".join(items) for _, items in sorted(promotions.items()))})
+    return result
+
+
+def model_history(config: Config) -> list[dict]:
+    """Every promotion with the gate metric of the model before and after, on one holdout."""
+    store = ModelStore(config.models_dir)
+    rows = []
+    for record in store.pointer()["history"]:
+        decision = store.decision(record["version"]) or {}
+        rows.append({"version": record["version"], "reason": record["reason"],
+                     "promoted_at": record["promoted_at"],
+                     "holdout_before": _round(decision.get("champion_value")),
+                     "holdout_after": _round(decision.get("candidate_value")),
+                     "status": store.status(record["version"])})
+    return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
