@@ -119,8 +119,8 @@ def build_freshness_sensor(config: Config) -> dg.SensorDefinition:
             if len(built) < needed:
                 return dg.SkipReason(f"no model deployed; waiting for {needed} partitions of "
                                      f"features ({len(built)} so far)")
-            latest = instance.get_latest_materialization_event(dg.AssetKey("features"))
-            marker = latest.storage_id if latest else 0
+            latest = instance.fetch_materializations(dg.AssetKey("features"), limit=1).records
+            marker = latest[0].storage_id if latest else 0
             blocked = retrain_blocked(instance)
             if blocked:
                 return dg.SkipReason(blocked)

@@ -223,7 +223,9 @@ class DriftConfig(_Section):
     methods: str | dict[str, str] = "auto"
     thresholds: dict[str, float] = Field(default_factory=dict)
     share: float = Field(default=0.5, gt=0, le=1)
+    segment_share: float = Field(default=0.3, gt=0, le=1)
     critical: list[str] = Field(default_factory=list)
+    target_alpha: float = Field(default=0.001, gt=0, lt=1)
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
 
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import polars as pl
 
-from ct_assets.lib.config import Config
+from ct_assets.lib.config import Config, DriftConfig
 from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary, page_hinkley_scan
 from ct_assets.lib.evaluation import METRICS
 from ct_assets.lib.features import feature_schema
 
 REFERENCE_FILE = "reference_profile.json"
 MIN_SEGMENT_ROWS = 50  # segments smaller than this in the reference get no profile of their own
+SEGMENT_ALPHA = 0.01  # family-wise significance a segment's feature drift must also reach
 
 
 def monitored_features(config: Config) -> dict[str, str]:
@@ -98,10 +99,26 @@ def partition_drift(profiles: dict[str, Any], current: pl.DataFrame, config: Con
         if segment:
             scopes.append((value, profile, current.filter(pl.col(segment).cast(pl.String)
                                                           == value)))
+    methods = _with_target_test(settings.methods, target)
+    alpha = settings.target_alpha
     for scope, profile, rows in scopes:
-        report = compute_drift(ReferenceProfile.from_dict(profile), rows, config=settings)
+        report = compute_drift(ReferenceProfile.from_dict(profile), rows,
+                               config=settings.model_copy(update={"methods": methods}))
+        # The target (prior shift) is judged by its chi-square p-value against a strict alpha:
+        # one test a day at 0.05 would raise a false alarm every three weeks.
+        report = report.with_columns(
+            pl.when(pl.col("feature") == target)
+            .then(pl.col("p_value").is_not_null() & (pl.col("p_value") < alpha))
+            .otherwise(pl.col("drifted")).alias("drifted"),
+            pl.when(pl.col("feature") == target).then(pl.lit(alpha))
+            .otherwise(pl.col("threshold")).alias("threshold"))
+        if scope != "all":  # the segment column is constant inside its own segment
+            report = _require_significance(report.filter(pl.col("feature") != segment),
+                                           profile, rows, settings)
         features = report.filter(pl.col("feature") != target)
-        summary = drift_summary(features, share=settings.share, critical=settings.critical)
+        # One segment drifting is a localised shift: it counts from `drift.segment_share`.
+        share = settings.share if scope == "all" else settings.segment_share
+        summary = drift_summary(features, share=share, critical=settings.critical)
         target_row = report.filter(pl.col("feature") == target)
         target_drifted = bool(target_row.height and target_row["drifted"][0])
         if scope == "all":
@@ -112,6 +129,36 @@ def partition_drift(profiles: dict[str, Any], current: pl.DataFrame, config: Con
     verdict["drifted"] = bool(verdict["dataset_drifted"] or verdict["target_drifted"]
                               or verdict["segments_drifted"])
     return pl.concat(reports), verdict
+
+
+def _require_significance(report: pl.DataFrame, profile: dict[str, Any], rows: pl.DataFrame,
+                          settings: DriftConfig) -> pl.DataFrame:
+    """A segment's feature drifts only if its shift is both large and significant.
+
+    Segments are small samples, where a distance such as the normalised Wasserstein is noisy
+    (a 170-row segment exceeds 0.1 by chance). The KS / chi-square p-value, Bonferroni-corrected
+    over the features, must also be below `SEGMENT_ALPHA`.
+    """
+    tests = compute_drift(ReferenceProfile.from_dict(profile), rows, config=settings.model_copy(
+        update={"methods": {"numeric": "ks", "categorical": "chisquare"}}))
+    alpha = SEGMENT_ALPHA / max(1, tests.height)
+    significant = tests.select("feature", (pl.col("p_value") < alpha).fill_null(False)
+                               .alias("__significant"))
+    return (report.join(significant, on="feature", how="left")
+            .with_columns((pl.col("drifted") & pl.col("__significant").fill_null(False))
+                          .alias("drifted"))
+            .drop("__significant"))
+
+
+def _with_target_test(methods: str | dict[str, str], target: str | None
+                      ) -> str | dict[str, str]:
+    """The configured methods, with the target always tested by chi-square (it has a p-value)."""
+    if target is None:
+        return methods
+    if isinstance(methods, dict):
+        return {**methods, target: "chisquare"}
+    chosen = {} if methods == "auto" else {"numeric": methods, "categorical": methods}
+    return {**chosen, target: "chisquare"}
 
 
 def error_of(metrics: dict[str, float], config: Config) -> float:

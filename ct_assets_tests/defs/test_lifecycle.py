@@ -203,7 +203,8 @@ def test_first_retrain_deploys_and_scores(model: str, tmp_path_factory: pytest.T
     manifest = store.manifest(version)  # verifies every sha256 on the way
     directory = store.path(version)
     on_disk = {p.name for p in directory.iterdir()} - {MANIFEST, DECISION}
-    assert set(manifest["files"]) == on_disk and len(on_disk) == 2
+    assert set(manifest["files"]) == on_disk and len(on_disk) == 3
+    assert "reference_profile.json" in on_disk  # the drift reference travels with the model
     for name, digest in manifest["files"].items():
         assert digest == sha256_file(directory / name)
     assert manifest["model"] == model
