@@ -7,6 +7,7 @@ allows one writing process and may be held by a run.
 import datetime as dt
 import hashlib
 import json
+import os
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import (
@@ -20,7 +21,9 @@ from ct_assets.lib.landing import scan_landing
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-LANDING_INTERVAL_SECONDS = 30
+# Every sensor's minimum interval; `$CT_SENSOR_INTERVAL_SECONDS` shortens it (end-to-end tests).
+SENSOR_INTERVAL_ENV = "CT_SENSOR_INTERVAL_SECONDS"
+LANDING_INTERVAL_SECONDS = int(os.environ.get(SENSOR_INTERVAL_ENV) or 30)
 
 
 def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
@@ -65,7 +68,7 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
 
 ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                    dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-TRIGGER_INTERVAL_SECONDS = 30
+TRIGGER_INTERVAL_SECONDS = LANDING_INTERVAL_SECONDS
 DETAIL_TAG = "ct/trigger_detail"
 
 
@@ -156,11 +159,33 @@ def build_retrain_schedule(config: Config) -> dg.ScheduleDefinition:
     return retrain_schedule
 
 
+def follows_upstream() -> dg.AutomationCondition:
+    """`AutomationCondition.eager()`, extended to every partition whose partitioned data changed.
+
+    `eager` considers only the latest time partition, so a range of partitions landing at once
+    (or data landing for an earlier day) would leave every partition but the newest unscored and
+    unmonitored. Here a partition is also requested when a partitioned upstream (not the
+    unpartitioned `deployed_model`) updated it: a new model re-scores the latest partition only,
+    never the whole history.
+    """
+    condition = dg.AutomationCondition
+    new_data = condition.any_deps_updated().ignore(dg.AssetSelection.assets("deployed_model"))
+    return (
+        ((condition.in_latest_time_window()
+          & (condition.newly_missing() | condition.any_deps_updated())) | new_data)
+        .since_last_handled()
+        & ~condition.any_deps_missing()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    ).with_label("eager, and every partition with new upstream data")
+
+
 def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """The sensor that evaluates the assets' automation conditions, on by default."""
     return dg.AutomationConditionSensorDefinition(
         "automation_sensor", target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS,
         description="Keeps features, predictions and the monitoring assets following their "
                     "upstreams (AutomationCondition.eager).")
 
@@ -194,7 +219,12 @@ def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: 
         metadata = evaluation.metadata if evaluation else {}
         partition = metadata["first_flagged"].value if "first_flagged" in metadata else "?"
         happened = dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC)
-        blocked = retrain_blocked(context.instance, since=happened)
+        # A retrain created after the flagged partition's data landed has trained on it
+        # already (e.g. the drift retrain itself, whose new model re-checks that partition):
+        # another one would see the same data, so it answers this failure too.
+        landed = _landed_at(context.instance, partition)
+        blocked = retrain_blocked(context.instance,
+                                  since=min(happened, landed) if landed else happened)
         if blocked:
             return dg.SensorResult(skip_reason=f"{asset}.{check} failed for {partition}: "
                                                f"{blocked}", cursor=str(record.id))
@@ -203,3 +233,11 @@ def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: 
         return dg.SensorResult(run_requests=[request], cursor=str(record.id))
 
     return check_sensor
+
+
+def _landed_at(instance: dg.DagsterInstance, partition: str) -> dt.datetime | None:
+    """When `raw_events` of a partition was last written, or None (unknown partition)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_events"), asset_partitions=[partition]),
+        limit=1).records
+    return dt.datetime.fromtimestamp(records[0].timestamp, dt.UTC) if records else None

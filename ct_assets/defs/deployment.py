@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config, parse_duration
@@ -69,7 +70,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["features", deployed_model], group_name="deployment",
         kinds={"duckdb", "polars"}, pool="duckdb",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=follows_upstream(),
         metadata={"dagster/table_name": "warehouse.main.predictions"},
     )
     def predictions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
@@ -49,7 +50,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["features", "deployed_model"], group_name="monitoring",
         kinds={"duckdb", "polars"}, pool="duckdb",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=follows_upstream(),
         check_specs=[dg.AssetCheckSpec(
             "feature_drift", asset="drift_report",
             description="Fails when the share of drifted features reaches drift.share, a "
@@ -110,7 +111,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         deps=["predictions", dg.AssetDep("raw_events", partition_mapping=(
             dg.TimeWindowPartitionMapping(start_offset=delay, end_offset=delay)))],
         group_name="monitoring", kinds={"duckdb", "polars"}, pool="duckdb",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=follows_upstream(),
         check_specs=[dg.AssetCheckSpec(
             "performance", asset="model_performance",
             description="Fails when the gate metric on labelled predictions falls below "

@@ -57,6 +57,19 @@ def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str,
     return result
 
 
+def metric_value(y: np.ndarray, scores: np.ndarray, task: str, metric: str,
+                 threshold: float = OPERATING_THRESHOLD) -> float:
+    """One metric of `compute_metrics`, the same value, without computing the others."""
+    from sklearn import metrics
+
+    if task == "binary" and metric in ("roc_auc", "pr_auc") and len(y):
+        if len(np.unique(y)) != 2:
+            return math.nan
+        score = metrics.roc_auc_score if metric == "roc_auc" else metrics.average_precision_score
+        return float(score(y, scores))
+    return compute_metrics(y, scores, task, threshold)[metric]
+
+
 def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold that maximises F1 (binary); 0.5 when there is no positive."""
     from sklearn.metrics import precision_recall_curve
@@ -101,7 +114,7 @@ def bootstrap_interval(y: np.ndarray, scores: np.ndarray, task: str, metric: str
     values = []
     for _ in range(resamples):
         index = rng.integers(0, len(y), len(y))
-        value = compute_metrics(y[index], scores[index], task)[metric]
+        value = metric_value(y[index], scores[index], task, metric)
         if math.isfinite(value):
             values.append(value)
     if not values:

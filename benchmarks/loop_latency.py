@@ -1,0 +1,348 @@
+"""Loop latency: a drifted batch landing → the retrained model deployed, with the live daemon.
+
+`dagster-daemon run -m ct_assets.definitions` runs against a fresh project in
+`benchmarks/work/loop_latency/` with DEFAULT settings: every sensor at its shipped interval
+(30 s; `$CT_SENSOR_INTERVAL_SECONDS` is removed from the environment), the repository's
+`dagster.yaml`, and the default `ct.yaml` sections (training window 30 partitions, holdout 5,
+LightGBM, gate, drift, triggers) — only `dataset`, `partitions.start` and `storage` are set.
+
+Preparation: `--history` clean days of `--rows-per-day` rows land (30 x 10,000 = a 300k-row
+training window); the daemon ingests them and `freshness_sensor` deploys a first model.
+
+Each event lands ONE new day with covariate drift (the days after the history, one per event,
+the last one today) and times, by polling `models/deployed.json` every 0.25 s, how long until a
+new version is deployed. The drift reference of a model is fitted on its training split, which
+never includes its holdout (the newest 5 partitions), so each drifted day drifts against the
+then-deployed model's reference. Between events the daemon is left alone until nothing has run
+for 45 s (the re-check of the drifted day by the new model, which must launch no retrain).
+
+The breakdown of each event comes from the instance: when `data_job` for the day was created and
+finished, when the automation run that scored and monitored it was created, when the
+`feature_drift` check failed, when the `retrain_job` (reason `drift`) was created, started and
+finished, and when `deployed.json` changed. Results: `benchmarks/results/loop_latency.json`.
+
+    .venv/bin/python benchmarks/loop_latency.py [--events 5] [--rows-per-day 10000]
+        [--history 30] [--timeout 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "loop_latency.json"
+WORK = ROOT / "benchmarks" / "work" / "loop_latency"
+BIN = Path(sys.executable).parent
+GOAL_SECONDS = 90.0
+QUIET_SECONDS = 45.0
+ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Daemon:
+    """`dagster-daemon run` in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path = env, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-m", "ct_assets.definitions"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        today = dt.datetime.now(dt.UTC).date()
+        self.event_days = [today - dt.timedelta(days=args.events - 1 - i)
+                           for i in range(args.events)]
+        self.first_day = self.event_days[0] - dt.timedelta(days=args.history)
+        shutil.rmtree(WORK, ignore_errors=True)
+        self.home = WORK / "dagster_home"
+        self.home.mkdir(parents=True)
+        shutil.copyfile(ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        self.config_path = WORK / "ct.yaml"
+        self.config_path.write_text(yaml.safe_dump({
+            "dataset": {"source": "simulator"},
+            "partitions": {"start": self.first_day.isoformat()},
+            "storage": {"dir": str(WORK / "storage")},
+        }), encoding="utf-8")
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        os.environ["CT_CONFIG"] = str(self.config_path)
+        os.environ.pop("CT_SENSOR_INTERVAL_SECONDS", None)  # default intervals
+        from ct_assets.lib.config import load_config
+        from ct_assets.lib.model_store import ModelStore
+
+        self.config = load_config(self.config_path)
+        self.store = ModelStore(self.config.models_dir)
+        self.daemon = Daemon(dict(os.environ), WORK / "daemon.log")
+
+    # --- instance helpers -----------------------------------------------------------------
+
+    def instance(self):
+        import dagster as dg
+
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    def run_records(self) -> list[Any]:
+        with self.instance() as instance:
+            return list(reversed(instance.get_run_records()))
+
+    def describe_runs(self) -> str:
+        lines = []
+        for record in self.run_records():
+            run = record.dagster_run
+            tags = {k: v for k, v in run.tags.items() if k.startswith("ct/") or k in (
+                "dagster/partition", "dagster/asset_partition_range_start",
+                "dagster/asset_partition_range_end", "dagster/sensor_name")}
+            lines.append(f"  {record.create_timestamp:%H:%M:%S} {run.run_id[:8]} "
+                         f"{run.job_name} {run.status.value} {tags}")
+        return "\n".join(lines)
+
+    def deployed_version(self) -> str | None:
+        deployed = self.store.deployed()
+        return deployed["version"] if deployed else None
+
+    def wait(self, what: str, condition, timeout: float, every: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                                   f"runs:\n{self.describe_runs()}\n--- daemon log ---\n"
+                                   f"{self.daemon.tail()}")
+            time.sleep(every)
+
+    def wait_quiet(self, seconds: float, timeout: float) -> None:
+        state: dict[str, float | None] = {"since": None}
+
+        def quiet() -> bool:
+            if any(r.dagster_run.status.value in ACTIVE for r in self.run_records()):
+                state["since"] = None
+                return False
+            state["since"] = state["since"] or time.monotonic()
+            return time.monotonic() - state["since"] >= seconds
+
+        self.wait(f"{seconds:.0f}s without runs", quiet, timeout)
+
+    # --- the benchmark --------------------------------------------------------------------
+
+    def land(self, start: dt.date, days: int, drift: str) -> float:
+        from ct_assets.lib.simulator import DriftScenario, write_days
+
+        scenario = DriftScenario(drift, start if drift != "none" else None)
+        write_days(self.config.landing_dir, start=start, days=days,
+                   rows_per_day=self.args.rows_per_day, seed=0, drift=scenario)
+        return time.time()
+
+    def prepare(self) -> dict[str, Any]:
+        began = time.time()
+        self.daemon.start()
+        self.land(self.first_day, self.args.history, "none")
+        log(f"landed {self.args.history} clean days {self.first_day} … "
+            f"{self.event_days[0] - dt.timedelta(days=1)} ({self.args.rows_per_day} rows/day)")
+        self.wait("the first model", self.deployed_version, self.args.timeout * 2)
+        deployed = time.time()
+        log(f"first model {self.deployed_version()} deployed after {deployed - began:.0f}s")
+        self.wait_quiet(QUIET_SECONDS, self.args.timeout)
+        return {"first_model_seconds": round(deployed - began, 1),
+                "settled_seconds": round(time.time() - began, 1)}
+
+    def event(self, index: int, day: dt.date) -> dict[str, Any]:
+        before = self.deployed_version()
+        landed = self.land(day, 1, "covariate")
+        log(f"event {index}: landed covariate-drifted {day}")
+        self.wait(f"a new deployed version after landing {day}",
+                  lambda: self.deployed_version() not in (None, before), self.args.timeout,
+                  every=0.25)
+        deployed_at = time.time()
+        deployed = self.store.deployed()
+        total = deployed_at - landed
+        log(f"event {index}: {deployed['version']} deployed ({deployed['reason']}) "
+            f"{total:.1f}s after landing")
+        self.wait_quiet(QUIET_SECONDS, self.args.timeout)
+        return {"event": index, "day": day.isoformat(), "drift": "covariate",
+                "landed_at": dt.datetime.fromtimestamp(landed, dt.UTC).isoformat(),
+                "seconds": round(total, 2), "version": deployed["version"],
+                "reason": deployed["reason"], "previous": before,
+                **self.breakdown(day, landed, deployed_at)}
+
+    def breakdown(self, day: dt.date, landed: float, deployed_at: float) -> dict[str, Any]:
+        """Stage times (seconds after landing) read from the instance."""
+        import dagster as dg
+        from dagster._core.storage.asset_check_execution_record import (
+            AssetCheckExecutionRecordStatus,
+        )
+
+        key = day.isoformat()
+        records = [r for r in self.run_records() if r.create_timestamp.timestamp() >= landed]
+
+        def first(predicate) -> Any:
+            return next((r for r in records if predicate(r.dagster_run)), None)
+
+        data = first(lambda run: run.job_name == "data_job"
+                     and run.tags.get("dagster/asset_partition_range_end") == key)
+        monitor = first(lambda run: run.tags.get("dagster/sensor_name") == "automation_sensor"
+                        and (run.tags.get("dagster/partition") == key
+                             or run.tags.get("dagster/asset_partition_range_end") == key))
+        retrain = first(lambda run: run.job_name == "retrain_job")
+        with self.instance() as instance:
+            failures = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift"), limit=20,
+                status={AssetCheckExecutionRecordStatus.FAILED})
+        failed = min((f.event.timestamp if f.event else f.create_timestamp
+                      for f in failures if f.create_timestamp >= landed), default=None)
+
+        def after(value: Any) -> float | None:
+            if value is None:
+                return None
+            stamp = value.timestamp() if isinstance(value, dt.datetime) else float(value)
+            return round(stamp - landed, 2)
+
+        timeline = {
+            "data_job_created": after(data and data.create_timestamp),
+            "data_job_finished": after(data and data.end_time),
+            "monitoring_run_created": after(monitor and monitor.create_timestamp),
+            "drift_check_failed": after(failed),
+            "monitoring_run_finished": after(monitor and monitor.end_time),
+            "retrain_created": after(retrain and retrain.create_timestamp),
+            "retrain_started": after(retrain and retrain.start_time),
+            "retrain_finished": after(retrain and retrain.end_time),
+            "deployed_seen": round(deployed_at - landed, 2),
+        }
+        points = [(name, value) for name, value in timeline.items() if value is not None]
+        waits = {
+            "landing_sensor_wait": _gap(timeline, None, "data_job_created"),
+            "data_job_run": _gap(timeline, "data_job_created", "data_job_finished"),
+            "automation_sensor_wait": _gap(timeline, "data_job_finished",
+                                           "monitoring_run_created"),
+            "monitoring_run_to_check": _gap(timeline, "monitoring_run_created",
+                                            "drift_check_failed"),
+            "drift_sensor_wait": _gap(timeline, "drift_check_failed", "retrain_created"),
+            "retrain_queue": _gap(timeline, "retrain_created", "retrain_started"),
+            "retrain_run": _gap(timeline, "retrain_started", "deployed_seen"),
+        }
+        return {"timeline": timeline, "stages": waits, "order_ok": points == sorted(
+            points, key=lambda item: item[1]),
+            "retrain_reason": retrain.dagster_run.tags.get("ct/reason") if retrain else None,
+            "retrain_run_key": retrain.dagster_run.tags.get("dagster/run_key")
+            if retrain else None}
+
+
+def _gap(timeline: dict[str, float | None], start: str | None, end: str) -> float | None:
+    begin = 0.0 if start is None else timeline.get(start)
+    finish = timeline.get(end)
+    return None if begin is None or finish is None else round(finish - begin, 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5)
+    parser.add_argument("--rows-per-day", type=int, default=10_000)
+    parser.add_argument("--history", type=int, default=30)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    if args.events < 3:
+        parser.error("--events must be at least 3 (the figure is a median)")
+    bench = Bench(args)
+    started = time.time()
+    events: list[dict[str, Any]] = []
+    try:
+        preparation = bench.prepare()
+        for index, day in enumerate(bench.event_days):
+            events.append(bench.event(index, day))
+        drift_runs = [r.dagster_run.run_id for r in bench.run_records()
+                      if r.dagster_run.job_name == "retrain_job"
+                      and r.dagster_run.tags.get("ct/reason") == "drift"]
+    finally:
+        bench.daemon.stop()
+    seconds = [event["seconds"] for event in events]
+    stages = {name: round(statistics.median(values), 2) for name in events[0]["stages"]
+              if (values := [e["stages"][name] for e in events
+                             if e["stages"][name] is not None])}
+    median = statistics.median(seconds)
+    result = {
+        "benchmark": "loop_latency",
+        "description": "drifted day landing → retrained model deployed, live dagster-daemon at "
+                       "default settings (30 s sensor intervals)",
+        "goal_seconds": GOAL_SECONDS,
+        "median_seconds": round(median, 2),
+        "min_seconds": round(min(seconds), 2),
+        "max_seconds": round(max(seconds), 2),
+        "meets_goal": median < GOAL_SECONDS,
+        "median_stages_seconds": stages,
+        "events": events,
+        "drift_retrains": len(drift_runs),
+        "one_retrain_per_event": len(drift_runs) == len(events),
+        "setup": {"rows_per_day": args.rows_per_day, "history_days": args.history,
+                  "training_window_partitions": bench.config.training.window,
+                  "training_holdout_partitions": bench.config.training.holdout,
+                  "training_window_rows": bench.config.training.window * args.rows_per_day,
+                  "model": bench.config.training.model,
+                  "sensor_interval_seconds": 30, "events": args.events,
+                  **preparation},
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"\nloop latency over {len(events)} events: median {median:.1f}s "
+          f"(min {min(seconds):.1f}s, max {max(seconds):.1f}s); goal < {GOAL_SECONDS:.0f}s: "
+          f"{'met' if result['meets_goal'] else 'MISSED'}")
+    print("median stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
+    for event in events:
+        print(f"  {event['day']}: {event['seconds']:.1f}s → {event['version']} "
+              f"({event['reason']}); {event['stages']}")
+    print(f"drift retrains: {len(drift_runs)} for {len(events)} events → {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
