@@ -16,8 +16,8 @@ never includes its holdout (the newest 5 partitions), so each drifted day drifts
 then-deployed model's reference. Between events the daemon is left alone until nothing has run
 for 45 s (the re-check of the drifted day by the new model, which must launch no retrain).
 
-The breakdown of each event comes from the instance: when `data_job` for the day was created and
-finished, when the automation run that scored and monitored it was created, when the
+The breakdown of each event comes from the instance: when `landing_sensor`'s `landing_job` run
+for the day (ingest, features, predictions, drift_report) was created and finished, when the
 `feature_drift` check failed, when the `retrain_job` (reason `drift`) was created, started and
 finished, and when `deployed.json` changed. Results: `benchmarks/results/loop_latency.json`.
 
@@ -226,11 +226,8 @@ class Bench:
         def first(predicate) -> Any:
             return next((r for r in records if predicate(r.dagster_run)), None)
 
-        data = first(lambda run: run.job_name == "data_job"
+        data = first(lambda run: run.job_name == "landing_job"
                      and run.tags.get("dagster/asset_partition_range_end") == key)
-        monitor = first(lambda run: run.tags.get("dagster/sensor_name") == "automation_sensor"
-                        and (run.tags.get("dagster/partition") == key
-                             or run.tags.get("dagster/asset_partition_range_end") == key))
         retrain = first(lambda run: run.job_name == "retrain_job")
         with self.instance() as instance:
             failures = instance.event_log_storage.get_asset_check_execution_history(
@@ -246,11 +243,10 @@ class Bench:
             return round(stamp - landed, 2)
 
         timeline = {
-            "data_job_created": after(data and data.create_timestamp),
-            "data_job_finished": after(data and data.end_time),
-            "monitoring_run_created": after(monitor and monitor.create_timestamp),
+            "landing_run_created": after(data and data.create_timestamp),
+            "landing_run_started": after(data and data.start_time),
             "drift_check_failed": after(failed),
-            "monitoring_run_finished": after(monitor and monitor.end_time),
+            "landing_run_finished": after(data and data.end_time),
             "retrain_created": after(retrain and retrain.create_timestamp),
             "retrain_started": after(retrain and retrain.start_time),
             "retrain_finished": after(retrain and retrain.end_time),
@@ -258,12 +254,10 @@ class Bench:
         }
         points = [(name, value) for name, value in timeline.items() if value is not None]
         waits = {
-            "landing_sensor_wait": _gap(timeline, None, "data_job_created"),
-            "data_job_run": _gap(timeline, "data_job_created", "data_job_finished"),
-            "automation_sensor_wait": _gap(timeline, "data_job_finished",
-                                           "monitoring_run_created"),
-            "monitoring_run_to_check": _gap(timeline, "monitoring_run_created",
-                                            "drift_check_failed"),
+            "landing_sensor_wait": _gap(timeline, None, "landing_run_created"),
+            "landing_run_queue": _gap(timeline, "landing_run_created", "landing_run_started"),
+            "landing_run_to_check": _gap(timeline, "landing_run_started",
+                                         "drift_check_failed"),
             "drift_sensor_wait": _gap(timeline, "drift_check_failed", "retrain_created"),
             "retrain_queue": _gap(timeline, "retrain_created", "retrain_started"),
             "retrain_run": _gap(timeline, "retrain_started", "deployed_seen"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ct_assets.defs.automation import (
+    MONITORED_ON_LANDING,
     build_automation_sensor,
     build_check_sensor,
     build_freshness_sensor,
@@ -40,6 +41,11 @@ def build_definitions(config: Config) -> dg.Definitions:
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
     )
+    landing_job = dg.define_asset_job(
+        "landing_job", selection=dg.AssetSelection.assets(
+            "raw_events", "features", *MONITORED_ON_LANDING),
+        description="What landing_sensor runs for newly landed partitions: ingest and "
+                    "featurise them and, once a model is deployed, score them and check drift.")
     retrain_job = dg.define_asset_job(
         "retrain_job", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS),
         description="Train a candidate, validate it against the champion, promote if approved.",
@@ -50,7 +56,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         "drift_job", selection=dg.AssetSelection.assets("drift_report"))
     performance_job = dg.define_asset_job(
         "performance_job", selection=dg.AssetSelection.assets("model_performance"))
-    jobs = [data_job, retrain_job, scoring_job, drift_job, performance_job]
+    jobs = [data_job, landing_job, retrain_job, scoring_job, drift_job, performance_job]
     triggers = config.triggers
     sensors = [
         build_landing_sensor(config, partitions_def),
@@ -61,9 +67,11 @@ def build_definitions(config: Config) -> dg.Definitions:
         build_freshness_sensor(config),
         build_automation_sensor(),
     ]
+    # One process per run, not per step: a step costs no Python start-up and re-import, which
+    # is most of a small partition's run time (steps share the one-writer `duckdb` pool anyway).
     return dg.Definitions(assets=assets, jobs=jobs,
                           sensors=sensors, schedules=[build_retrain_schedule(config)],
-                          resources=build_resources(config))
+                          resources=build_resources(config), executor=dg.in_process_executor)
 
 
 @dg.definitions

@@ -3,10 +3,11 @@
 `dagster-daemon run -m ct_assets.definitions` runs as a subprocess (its own process group) against
 a fresh instance and project in a temporary directory:
 
-1. 12 clean days land → `landing_sensor` ingests them (`data_job`) → `freshness_sensor` trains,
-   validates and deploys a first model (reason `initial`);
+1. 12 clean days land → `landing_sensor` ingests them (`landing_job`: `raw_events`, `features`
+   only, as no model is deployed) → `freshness_sensor` trains, validates and deploys a first
+   model (reason `initial`) → the automation sensor scores and monitors the history;
 2. 3 covariate-drifted days land at once (ending today; a later day would be outside the
-   partitions) → the automation sensor scores and monitors every new partition → the
+   partitions) → `landing_sensor`'s run ingests, scores and monitors every new partition → the
    `drift_report.feature_drift` check fails → `drift_sensor` launches exactly one `retrain_job`
    (tag `ct/reason=drift`, run key `drift:<partition>:<evaluation id>`) → a new version is
    deployed with reason `drift`; the new model re-checks the drifted partitions, and that second
@@ -244,6 +245,14 @@ def test_daemon_ingests_trains_detects_drift_and_retrains_once(
             lambda: (d := project.deployed()) and d["reason"] == "drift" and d,
             DRIFT_RETRAIN_TIMEOUT)
         drift_deployed_at = time.monotonic() - landed
+        # the landing run of the history only ingested; that of the drifted days monitored too
+        landing = [(run.tags.get("dagster/asset_partition_range_end"),
+                    sorted(key.to_user_string() for key in run.asset_selection or ()))
+                   for run in project.runs() if run.job_name == "landing_job"]
+        assert landing[0][1] == ["features", "raw_events"], project.describe()
+        later = [assets for end, assets in landing if end and end >= drift_start.isoformat()]
+        assert later and all(assets == ["drift_report", "features", "predictions",
+                                        "raw_events"] for assets in later), project.describe()
         assert second["version"] != first["version"]
         assert second["previous"] == first["version"]
         # the new model re-checks the latest partition, whose drift it has already answered

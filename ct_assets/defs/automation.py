@@ -26,20 +26,25 @@ SENSOR_INTERVAL_ENV = "CT_SENSOR_INTERVAL_SECONDS"
 LANDING_INTERVAL_SECONDS = int(os.environ.get(SENSOR_INTERVAL_ENV) or 30)
 
 
+MONITORED_ON_LANDING = ("predictions", "drift_report")
+
+
 def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
                          ) -> dg.SensorDefinition:
-    """The sensor that ingests new or changed landed files (runs `data_job`)."""
+    """The sensor that ingests new or changed landed files (runs `landing_job`)."""
 
-    @dg.sensor(job_name="data_job", minimum_interval_seconds=LANDING_INTERVAL_SECONDS,
+    @dg.sensor(job_name="landing_job", minimum_interval_seconds=LANDING_INTERVAL_SECONDS,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        """New, changed or removed complete files → `data_job` for the partitions they cover.
+        """New, changed or removed complete files → `landing_job` for the partitions they cover.
 
         Files are tracked by content (sha256), so a file is taken once per content and a copy
         with an old mtime is still seen; files still being written are left for a later tick.
         The cursor (what was seen) lives in the instance and survives daemon restarts; each
         run's key is derived from the contents it ingests, so a retried tick starts no second
-        run.
+        run. Once a model is deployed, the same run also scores the partitions and checks
+        their drift, so a drifted file reaches `drift_sensor` without waiting for a tick of the
+        automation sensor.
         """
         known = json.loads(context.cursor) if context.cursor else {}
         changes = scan_landing(config, known)
@@ -52,18 +57,38 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
             context.log.warning(f"{len(outside)} landed partition(s) outside the partitions "
                                 f"definition (e.g. {min(outside)}); ingestion will quarantine "
                                 "their rows")
+        assets = ["raw_events", "features"]
+        if deployed_version(context.instance) is not None:
+            assets += MONITORED_ON_LANDING
         content = hashlib.sha256("\n".join(sorted(changes.content_ids)).encode()).hexdigest()
         requests = [
             dg.RunRequest(run_key=f"landing:{content[:16]}:{first}:{last}",
+                          asset_selection=[dg.AssetKey(asset) for asset in assets],
                           tags={RANGE_START_TAG: first, RANGE_END_TAG: last,
                                 "ct/trigger": "landing"})
             for first, last in contiguous_ranges(changes.partitions, ordered)
         ]
         context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
-                         f"file(s) → {len(requests)} run(s)")
+                         f"file(s) → {len(requests)} run(s) of {', '.join(assets)}")
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
 
     return landing_sensor
+
+
+def deployed_version(instance: dg.DagsterInstance) -> str | None:
+    """The deployed model's version as the instance last recorded it, or None (none yet)."""
+    return _version_of(_deployed_metadata(instance))
+
+
+def _version_of(metadata: dict) -> str | None:
+    version = metadata["deployed_version"].value if "deployed_version" in metadata else None
+    return None if version in (None, "none") else str(version)
+
+
+def _deployed_metadata(instance: dg.DagsterInstance) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+    return dict(event.asset_materialization.metadata) if event and \
+        event.asset_materialization else {}
 
 
 ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
@@ -113,11 +138,9 @@ def build_freshness_sensor(config: Config) -> dg.SensorDefinition:
         waits until `training.holdout + 1` partitions of features exist.
         """
         instance = context.instance
-        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
-        metadata = event.asset_materialization.metadata if event and \
-            event.asset_materialization else {}
-        version = metadata["deployed_version"].value if "deployed_version" in metadata else None
-        if version in (None, "none"):
+        metadata = _deployed_metadata(instance)
+        version = _version_of(metadata)
+        if version is None:
             built = instance.get_materialized_partitions(dg.AssetKey("features"))
             if len(built) < needed:
                 return dg.SkipReason(f"no model deployed; waiting for {needed} partitions of "
@@ -187,7 +210,7 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS,
         description="Keeps features, predictions and the monitoring assets following their "
-                    "upstreams (AutomationCondition.eager).")
+                    "upstreams (`follows_upstream`: eager, plus every partition with new data).")
 
 
 def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: bool
