@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CT := $(BIN)/ct
+# The UI test drives Debian's Chromium (Playwright's own browser download fails here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test dev lint bench clean
 
@@ -18,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	DAGSTER_HOME=$$($(CT) home) $(CT) demo
 
-## test: the whole suite
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+## test: the whole suite (installs Debian's chromium for the UI test when it is missing)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000

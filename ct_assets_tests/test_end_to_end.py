@@ -12,7 +12,10 @@ a fresh instance and project in a temporary directory:
    (tag `ct/reason=drift`, run key `drift:<partition>:<evaluation id>`) → a new version is
    deployed with reason `drift`; the new model re-checks the drifted partitions, and that second
    failure launches no second retrain (the retrain already saw those partitions);
-3. the daemon is restarted; after two ticks of `drift_sensor` there is still one drift retrain.
+3. the daemon is restarted; after two ticks of `drift_sensor` there is still one drift retrain;
+4. the UI shows the chain, in a real `dagster-webserver` and headless Chromium: the failed
+   `feature_drift` check on `drift_report`, the one `retrain_job` run tagged `ct/reason=drift`
+   with the partition that triggered it, and `deployed_model`'s new version with reason `drift`.
 
 Sensor intervals are shortened to `INTERVAL` seconds with `$CT_SENSOR_INTERVAL_SECONDS`. On a
 timeout the assertion message carries the daemon's log tail and every run with its status.
@@ -42,6 +45,7 @@ from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
+from ct_assets_tests.browser import chromium_page, webserver
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -201,6 +205,44 @@ class Project:
         return check
 
 
+def check_ui(project: Project, tmp_path: Path, retrain: dg.DagsterRun, version: str,
+             partition: str) -> None:
+    """The chain failed drift check → retrain run → new deployed version, read in the UI."""
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    def visit(page: Any, url: str, name: str, ready: str) -> str:
+        page.goto(url)
+        try:
+            page.get_by_text(ready, exact=True).first.wait_for()
+            skip = page.get_by_role("button", name="Skip")  # "Join the community" dialog
+            if skip.count():
+                skip.first.click()
+        finally:
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        return page.inner_text("body")
+
+    with webserver(project.env, project.root / "webserver.log") as url, \
+            chromium_page() as page:
+        checks = visit(page, f"{url}/assets/drift_report?view=checks", "checks",
+                       "Evaluation result")
+        result = checks.split("Evaluation result", 1)[1]
+        assert result.split()[0] == "Failed", (result[:400], shots)
+        assert version in result, "the latest drift check is not the new model's re-check"
+
+        runs = visit(page, f"{url}/runs?q%5B%5D=tag%3Act%2Freason%3Ddrift", "drift_runs",
+                     "drift_sensor")
+        table = runs.split("Duration", 1)[1]
+        assert table.count("retrain_job") == 1, (table[:1500], shots)
+        assert retrain.run_id[:8] in table and "drift_sensor" in table
+        assert f"drift_report.feature_drift failed for partition {partition}" in table
+        assert "Success" in table
+
+        deployed = visit(page, f"{url}/assets/deployed_model", "deployed_model",
+                         "deployed_version")
+        assert f"promoted {version} (reason: drift)" in deployed, (deployed[:2000], shots)
+
+
 def drift_ticks(log: Path, start: int) -> int:
     text = log.read_text(encoding="utf-8", errors="replace")[start:]
     return text.count(DRIFT_TICK)
@@ -291,6 +333,9 @@ def test_daemon_ingests_trains_detects_drift_and_retrains_once(
         assert [run.run_id for run in project.drift_runs()] == [retrain.run_id], (
             project.describe())
         assert project.deployed()["version"] == second["version"]
+
+        # 4. what a data engineer sees in the UI
+        check_ui(project, tmp_path, retrain, second["version"], partition)
         record_property("first_model_seconds", round(first_model_at))
         record_property("drift_model_seconds", round(drift_deployed_at))
         record_property("total_seconds", round(time.monotonic() - began))
