@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import polars as pl
+
 from ct_assets.lib import simulator
 from ct_assets.lib.config import Config, ConfigError
 from ct_assets.lib.model_store import ModelStore
+from ct_assets.lib.monitoring import drift_verdict
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse
@@ -51,13 +54,20 @@ MODEL_COLUMNS = ["version", "reason", "promoted_at", "holdout_before", "holdout_
 def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
     """One row per partition: rows, drift, realised metric, scoring model, and events."""
     warehouse = Warehouse(config.warehouse_path)
-    metric, target = config.gate.metric, config.dataset.target
+    metric = config.gate.metric
     rows = warehouse.query(f"SELECT {PARTITION} AS partition, count(*) AS rows FROM raw_events "
                            "GROUP BY 1")
-    drift = warehouse.query(
-        f"SELECT {PARTITION} AS partition, sum(drifted::INT) AS drifted_features, "
-        "avg(drifted::INT) AS drift_share FROM drift_report "
-        "WHERE segment = 'all' AND feature != ? GROUP BY 1", [target])
+    reports = warehouse.query(
+        f"SELECT {PARTITION} AS partition, segment, feature, statistic, drifted "
+        "FROM drift_report")
+    verdicts = {key[0]: drift_verdict(rows, config)
+                for key, rows in reports.partition_by("partition", as_dict=True).items()}
+    drift = pl.DataFrame(
+        [{"partition": key, "drifted_features": len(verdict["drifted_features"]),
+          "drift_share": verdict["drifted_share"], "drift_detected": verdict["drifted"]}
+         for key, verdict in verdicts.items()],
+        schema={"partition": pl.String, "drifted_features": pl.Int64,
+                "drift_share": pl.Float64, "drift_detected": pl.Boolean})
     performance = warehouse.query(
         f"SELECT {PARTITION} AS partition, {metric} AS metric FROM model_performance")
     scored = warehouse.query(
@@ -75,7 +85,7 @@ def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
         events = []
         if drift_day and row["partition"] == drift_day.isoformat():
             events.append("drift injected")
-        if row["drift_share"] is not None and row["drift_share"] >= config.drift.share:
+        if row["drift_detected"]:
             events.append("drift detected")
         result.append({**row, "drift_share": _round(row["drift_share"]),
                        "metric": _round(row["metric"]), "event": "; ".join(events)})

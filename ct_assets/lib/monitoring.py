@@ -15,7 +15,8 @@ from typing import Any
 import polars as pl
 
 from ct_assets.lib.config import Config, DriftConfig
-from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary, page_hinkley_scan
+from ct_assets.lib.detectors import page_hinkley_scan
+from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary
 from ct_assets.lib.evaluation import METRICS
 from ct_assets.lib.features import feature_schema
 
@@ -92,7 +93,6 @@ def partition_drift(profiles: dict[str, Any], current: pl.DataFrame, config: Con
     settings = config.drift
     target = config.dataset.target
     reports = []
-    verdict: dict[str, Any] = {"segments_drifted": []}
     scopes: list[tuple[str, dict[str, Any], pl.DataFrame]] = [("all", profiles["all"], current)]
     segment = config.dataset.segment
     for value, profile in sorted(profiles.get("segments", {}).items()):
@@ -115,20 +115,38 @@ def partition_drift(profiles: dict[str, Any], current: pl.DataFrame, config: Con
         if scope != "all":  # the segment column is constant inside its own segment
             report = _require_significance(report.filter(pl.col("feature") != segment),
                                            profile, rows, settings)
-        features = report.filter(pl.col("feature") != target)
+        reports.append(report.with_columns(pl.lit(scope).alias("segment")))
+    report = pl.concat(reports)
+    return report, drift_verdict(report, config)
+
+
+def drift_verdict(report: pl.DataFrame, config: Config) -> dict[str, Any]:
+    """The verdict on one partition's drift report (every scope, told by its `segment` column).
+
+    `drifted` when the share of drifted features overall reaches `drift.share`, a critical
+    feature drifts, the target drifts (prior shift), or a segment's share of drifted features
+    reaches `drift.segment_share`. Works on `partition_drift`'s report and on the rows of one
+    partition read back from the `drift_report` table.
+    """
+    settings, target = config.drift, config.dataset.target
+    verdict: dict[str, Any] = {"dataset_drifted": False, "target_drifted": False,
+                               "drifted_share": 0.0, "drifted_features": [],
+                               "segments_drifted": []}
+    for scope in report["segment"].unique().sort().to_list():
+        rows = report.filter(pl.col("segment") == scope)
+        features = rows.filter(pl.col("feature") != target)
         # One segment drifting is a localised shift: it counts from `drift.segment_share`.
         share = settings.share if scope == "all" else settings.segment_share
         summary = drift_summary(features, share=share, critical=settings.critical)
-        target_row = report.filter(pl.col("feature") == target)
-        target_drifted = bool(target_row.height and target_row["drifted"][0])
         if scope == "all":
-            verdict.update(summary, target_drifted=target_drifted)
+            target_row = rows.filter(pl.col("feature") == target)
+            verdict.update(summary, target_drifted=bool(
+                target_row.height and target_row["drifted"][0]))
         elif summary["dataset_drifted"]:
             verdict["segments_drifted"].append(scope)
-        reports.append(report.with_columns(pl.lit(scope).alias("segment")))
     verdict["drifted"] = bool(verdict["dataset_drifted"] or verdict["target_drifted"]
                               or verdict["segments_drifted"])
-    return pl.concat(reports), verdict
+    return verdict
 
 
 def _require_significance(report: pl.DataFrame, profile: dict[str, Any], rows: pl.DataFrame,

@@ -7,6 +7,7 @@ import pytest
 
 from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import config_from_dict
+from ct_assets.lib.monitoring import drift_verdict
 from ct_assets.lib.simulator import DriftScenario, write_days
 from ct_assets.lib.warehouse import Warehouse
 
@@ -72,7 +73,7 @@ def flagged(verdicts, check):
     ("concept", "performance", "partitions_below"),
 ])
 def test_drift_is_detected_on_its_day_and_not_before(tmp_path, kind, check, signal):
-    _, _, _, verdicts = monitored(tmp_path, kind)
+    config, _, _, verdicts = monitored(tmp_path, kind)
     hits = flagged(verdicts, check)
     assert hits, f"{kind} drift from {K} was never detected"
     assert hits[0] in (key(K), key(K + dt.timedelta(days=1))), hits
@@ -83,6 +84,13 @@ def test_drift_is_detected_on_its_day_and_not_before(tmp_path, kind, check, sign
         assert evidence == "south"
     if kind == "concept":  # no covariate signature: the feature drift check stays quiet
         assert not flagged(verdicts, "feature_drift")
+    # the verdict read back from the stored report (as `ct demo`'s timeline does) is the check's
+    rows = Warehouse(config.warehouse_path).query(
+        "SELECT _partition, segment, feature, statistic, drifted FROM drift_report")
+    from_table = {partition: drift_verdict(part, config)["drifted"] for (partition,), part
+                  in rows.partition_by("_partition", as_dict=True).items()}
+    assert from_table == {partition: not checks["feature_drift"].passed
+                          for partition, checks in verdicts.items()}
 
 
 def test_drift_report_rows_and_sensor_fire_once(tmp_path):

@@ -11,12 +11,10 @@ from scipy.spatial.distance import jensenshannon
 from ct_assets.lib import drift
 from ct_assets.lib.config import DriftConfig
 from ct_assets.lib.drift import (
-    PageHinkley,
     ReferenceProfile,
     compute_drift,
     drift_summary,
     fit_reference,
-    page_hinkley_scan,
 )
 from ct_assets.lib.simulator import DriftScenario, simulate_day
 
@@ -454,54 +452,3 @@ def test_drift_summary_share_and_critical_features():
     critical = drift_summary(report, share=0.9, critical=["a", "b"])
     assert critical["critical_drifted"] == ["a"] and critical["dataset_drifted"] is True
     assert drift_summary(report.clear(), share=0.5)["dataset_drifted"] is False
-
-
-# --- Page-Hinkley ----------------------------------------------------------------------------
-
-PH = {"min_instances": 10, "delta": 0.005, "threshold": 0.05}
-
-
-def test_page_hinkley_defaults_are_rivers():
-    detector = PageHinkley()
-    assert (detector.min_instances, detector.delta, detector.threshold, detector.alpha,
-            detector.mode) == (30, 0.005, 50.0, 0.9999, "both")
-
-
-def test_page_hinkley_stays_quiet_on_a_stationary_series():
-    series = rng(14).normal(0.05, 0.005, 200)
-    assert page_hinkley_scan(series, **PH) == []
-    assert page_hinkley_scan(rng(15).normal(0.05, 0.005, 200), **PH) == []
-
-
-@pytest.mark.parametrize("step", [0.03, -0.03])
-def test_page_hinkley_fires_soon_after_a_step(step):
-    series = np.concatenate([rng(16).normal(0.05, 0.005, 100),
-                             rng(17).normal(0.05 + step, 0.005, 100)])
-    alarms = page_hinkley_scan(series, **PH)
-    assert alarms and 100 <= alarms[0] <= 104
-    up_only = page_hinkley_scan(series, **PH, mode="up")
-    assert bool(up_only) == (step > 0)
-
-
-def test_page_hinkley_resets_after_an_alarm_and_skips_missing_values():
-    levels = [0.05] * 60 + [0.09] * 60 + [0.13] * 60
-    series = np.asarray(levels) + rng(18).normal(0, 0.003, 180)
-    alarms = page_hinkley_scan([*series[:30], None, math.nan, *series[30:]], **PH)
-    assert len(alarms) == 2
-    assert 62 <= alarms[0] <= 66 and 122 <= alarms[1] <= 126  # +2 for the missing values
-
-
-def test_page_hinkley_state_round_trips_between_partitions():
-    series = np.concatenate([rng(19).normal(0.05, 0.005, 80), rng(20).normal(0.1, 0.005, 40)])
-    continuous = PageHinkley(**PH)
-    flags = [continuous.update(x) for x in series]
-    resumed = PageHinkley(**PH)
-    resumed_flags = []
-    for x in series:  # one partition at a time, through JSON
-        resumed = PageHinkley.from_dict(json.loads(json.dumps(resumed.to_dict())))
-        resumed_flags.append(resumed.update(x))
-    assert resumed_flags == flags and any(flags)
-    assert resumed.to_dict() == continuous.to_dict()
-    assert continuous.drift_detected == flags[-1]
-    with pytest.raises(ValueError, match="mode"):
-        PageHinkley(mode="sideways")
