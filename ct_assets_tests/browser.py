@@ -26,6 +26,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 SERVER_LIFETIME = 900  # seconds: the server stops by itself after this, whatever happens
 
 
+def stop_group(process: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """Stop a process started with `start_new_session=True` and all its children.
+
+    SIGTERM to the whole group, SIGKILL after `grace` seconds, then SIGKILL again for children
+    that outlived their parent.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,16 +79,7 @@ def webserver(env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[
             time.sleep(1)
         yield url
     finally:
-        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(process)
 
 
 @contextmanager

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
-from ct_assets_tests.browser import chromium_page, webserver
+from ct_assets_tests.browser import chromium_page, stop_group, webserver
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,22 +78,8 @@ class Daemon:
     def stop(self) -> None:
         """SIGTERM to the whole group (code server and run workers too), then SIGKILL."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # children outliving the daemon itself
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if process is not None:
+            stop_group(process)
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():
