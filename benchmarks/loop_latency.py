@@ -269,6 +269,21 @@ class Bench:
             if retrain else None}
 
 
+def sensor_ticks(bench: Bench) -> dict[str, dict[str, float]]:
+    """Per sensor: ticks evaluated and their median / max duration (Dagster times out at 60 s)."""
+    figures = {}
+    with bench.instance() as instance:
+        for state in instance.all_instigator_state():
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id,
+                                       limit=10_000)
+            seconds = [t.end_timestamp - t.timestamp for t in ticks if t.end_timestamp]
+            if seconds:
+                figures[state.instigator_name] = {
+                    "ticks": len(seconds), "median_seconds": round(statistics.median(seconds), 3),
+                    "max_seconds": round(max(seconds), 3)}
+    return dict(sorted(figures.items()))
+
+
 def _gap(timeline: dict[str, float | None], start: str | None, end: str) -> float | None:
     begin = 0.0 if start is None else timeline.get(start)
     finish = timeline.get(end)
@@ -294,6 +309,7 @@ def main() -> int:
         drift_runs = [r.dagster_run.run_id for r in bench.run_records()
                       if r.dagster_run.job_name == "retrain_job"
                       and r.dagster_run.tags.get("ct/reason") == "drift"]
+        ticks = sensor_ticks(bench)
     finally:
         bench.daemon.stop()
     seconds = [event["seconds"] for event in events]
@@ -312,6 +328,7 @@ def main() -> int:
         "meets_goal": median < GOAL_SECONDS,
         "median_stages_seconds": stages,
         "events": events,
+        "sensor_ticks": ticks,
         "drift_retrains": len(drift_runs),
         "one_retrain_per_event": len(drift_runs) == len(events),
         "setup": {"rows_per_day": args.rows_per_day, "history_days": args.history,
@@ -334,6 +351,8 @@ def main() -> int:
     for event in events:
         print(f"  {event['day']}: {event['seconds']:.1f}s → {event['version']} "
               f"({event['reason']}); {event['stages']}")
+    print("sensor ticks: " + ", ".join(f"{name} max {t['max_seconds']:.2f}s"
+                                       for name, t in ticks.items()))
     print(f"drift retrains: {len(drift_runs)} for {len(events)} events → {RESULTS}")
     return 0
 
