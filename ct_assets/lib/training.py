@@ -205,15 +205,19 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
                  params: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
     categorical = [spec.type == "category" and len(spec.categories or []) < 255
                    for spec in specs]
+    # As for LightGBM, the newest rows (the inner split) are held out: early stopping and the
+    # operating threshold are chosen on rows the model never fitted.
+    split = inner_split_index(len(y))
     if kind == "sklearn_hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         estimator_class = (HistGradientBoostingRegressor if task == "regression"
                            else HistGradientBoostingClassifier)
         settings = {"max_iter": 300, "learning_rate": 0.05, "early_stopping": True,
-                    "validation_fraction": INNER_VALIDATION_SHARE, "n_iter_no_change": 30,
-                    **params, "random_state": seed, "categorical_features": categorical or None}
-        estimator = estimator_class(**settings).fit(x, y)
+                    "n_iter_no_change": 30, **params, "random_state": seed,
+                    "categorical_features": categorical or None}
+        estimator = estimator_class(**settings).fit(x[:split], y[:split], X_val=x[split:],
+                                                   y_val=y[split:])
         return estimator, {"best_iteration": int(estimator.n_iter_), "importance": None}
     if task == "regression":
         raise ValueError("training.model: sklearn_logreg is a classifier; use lightgbm or "
@@ -234,7 +238,7 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
     ])
     settings = {"max_iter": 1000, "C": 1.0, **params, "random_state": seed}
     estimator = Pipeline([("prepare", prepare),
-                          ("model", LogisticRegression(**settings))]).fit(x, y)
+                          ("model", LogisticRegression(**settings))]).fit(x[:split], y[:split])
     return estimator, {"best_iteration": None, "importance": None}
 
 
@@ -243,8 +247,9 @@ def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, tas
                 ) -> tuple[TrainedModel, dict[str, Any]]:
     """Fit a model on time-ordered training rows.
 
-    Early stopping (LightGBM) holds out the most recent `INNER_VALIDATION_SHARE` of these rows;
-    the caller's holdout is never seen.
+    Every model kind holds out the most recent `INNER_VALIDATION_SHARE` of these rows (the
+    inner split: early stopping, the operating threshold, inner metrics); the caller's holdout
+    is never seen.
 
     Args:
         train: training rows, oldest first, with the features of `schema` and `target`.

@@ -306,6 +306,27 @@ def test_lightgbm_early_stopping_uses_only_the_latest_training_rows(small, schem
     assert train[split:]["ts"].max() < holdout["ts"].min()
 
 
+@pytest.mark.parametrize("kind", ["sklearn_logreg", "sklearn_hgb"])
+def test_sklearn_models_never_fit_the_inner_split(kind, small, schema):
+    """The newest rows (where the operating threshold is chosen) are held out for every kind."""
+    train, holdout = small
+    split = inner_split_index(train.height)
+    flipped = pl.concat([train[:split], train[split:].with_columns(
+        (1 - pl.col(TARGET)).alias(TARGET))])
+    honest, _ = train_model(train, schema=schema, target=TARGET, task="binary", kind=kind,
+                            params=params_for(kind), seed=0)
+    poisoned, _ = train_model(flipped, schema=schema, target=TARGET, task="binary", kind=kind,
+                              params=params_for(kind), seed=0)
+    honest_scores, poisoned_scores = honest.predict(holdout), poisoned.predict(holdout)
+    if kind == "sklearn_logreg":  # no early stopping: the inner labels are not used at all
+        assert np.array_equal(honest_scores, poisoned_scores)
+    else:  # the inner labels only choose when to stop: the trees up to then are the same
+        stop = poisoned.estimator.n_iter_
+        assert stop < honest.estimator.n_iter_
+        stages = list(honest.estimator.staged_predict_proba(encode(holdout, honest.specs)))
+        assert np.allclose(stages[stop - 1][:, 1], poisoned_scores)
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 
