@@ -60,8 +60,8 @@ def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
     reports = warehouse.query(
         f"SELECT {PARTITION} AS partition, segment, feature, statistic, drifted "
         "FROM drift_report")
-    verdicts = {key[0]: drift_verdict(rows, config)
-                for key, rows in reports.partition_by("partition", as_dict=True).items()}
+    verdicts = {key: drift_verdict(report, config) for (key,), report
+                in reports.partition_by("partition", as_dict=True).items()}
     drift = pl.DataFrame(
         [{"partition": key, "drifted_features": len(verdict["drifted_features"]),
           "drift_share": verdict["drifted_share"], "drift_detected": verdict["drifted"]}
