@@ -33,9 +33,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,55 +41,18 @@ from typing import Any
 
 import yaml
 
+from ct_assets_tests.live import Daemon, poll, quiet_for
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "loop_latency.json"
 WORK = ROOT / "benchmarks" / "work" / "loop_latency"
 BIN = Path(sys.executable).parent
 GOAL_SECONDS = 90.0
 QUIET_SECONDS = 45.0
-ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-class Daemon:
-    """`dagster-daemon run` in its own process group."""
-
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path = env, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-m", "ct_assets.definitions"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
 
 class Bench:
@@ -114,11 +75,13 @@ class Bench:
         os.environ["DAGSTER_HOME"] = str(self.home)
         os.environ["CT_CONFIG"] = str(self.config_path)
         os.environ.pop("CT_SENSOR_INTERVAL_SECONDS", None)  # default intervals
+        from ct_assets.defs.automation import SENSOR_INTERVAL_SECONDS
         from ct_assets.lib.config import load_config
         from ct_assets.lib.model_store import ModelStore
 
         self.config = load_config(self.config_path)
         self.store = ModelStore(self.config.models_dir)
+        self.sensor_interval = SENSOR_INTERVAL_SECONDS  # the shipped default: env removed
         self.daemon = Daemon(dict(os.environ), WORK / "daemon.log")
 
     # --- instance helpers -----------------------------------------------------------------
@@ -148,28 +111,11 @@ class Bench:
         return deployed["version"] if deployed else None
 
     def wait(self, what: str, condition, timeout: float, every: float = 1.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n"
-                                   f"runs:\n{self.describe_runs()}\n--- daemon log ---\n"
-                                   f"{self.daemon.tail()}")
-            time.sleep(every)
+        return poll(what, condition, timeout, every, lambda: (
+            f"runs:\n{self.describe_runs()}\n--- daemon log ---\n{self.daemon.tail(40)}"))
 
     def wait_quiet(self, seconds: float, timeout: float) -> None:
-        state: dict[str, float | None] = {"since": None}
-
-        def quiet() -> bool:
-            if any(r.dagster_run.status.value in ACTIVE for r in self.run_records()):
-                state["since"] = None
-                return False
-            state["since"] = state["since"] or time.monotonic()
-            return time.monotonic() - state["since"] >= seconds
-
-        self.wait(f"{seconds:.0f}s without runs", quiet, timeout)
+        self.wait(f"{seconds:.0f}s without runs", quiet_for(self.home, seconds), timeout)
 
     # --- the benchmark --------------------------------------------------------------------
 
@@ -336,7 +282,7 @@ def main() -> int:
                   "training_holdout_partitions": bench.config.training.holdout,
                   "training_window_rows": bench.config.training.window * args.rows_per_day,
                   "model": bench.config.training.model,
-                  "sensor_interval_seconds": 30, "events": args.events,
+                  "sensor_interval_seconds": bench.sensor_interval, "events": args.events,
                   **preparation},
         "wall_seconds": round(time.time() - started, 1),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),

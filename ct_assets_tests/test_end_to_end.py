@@ -27,7 +27,6 @@ import datetime as dt
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,48 +43,16 @@ from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
-from ct_assets_tests.browser import chromium_page, stop_group, webserver
+from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, poll, quiet_for, webserver
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 INTERVAL = 10  # seconds between two ticks of each sensor (30 by default)
 HISTORY_DAYS, DRIFTED_DAYS, ROWS_PER_DAY = 12, 3, 1500
 FIRST_MODEL_TIMEOUT = 360
 DRIFT_RETRAIN_TIMEOUT = 300
 SETTLE_TIMEOUT = 180
 RESTART_TIMEOUT = 120
-ACTIVE = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-          dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-          dg.DagsterRunStatus.CANCELING}
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
 DRIFT_TICK = "Sensor drift_sensor"  # the daemon logs "Sensor drift_sensor skipped: …" per tick
-
-
-class Daemon:
-    """`dagster-daemon run` in its own process group, logging to a file."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-m", "ct_assets.definitions"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-
-    def stop(self) -> None:
-        """SIGTERM to the whole group (code server and run workers too), then SIGKILL."""
-        process, self.process = self.process, None
-        if process is not None:
-            stop_group(process)
-
-    def tail(self, lines: int = 60) -> str:
-        if not self.log.exists():
-            return "(no daemon log)"
-        text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
 
 class Project:
@@ -165,29 +132,12 @@ class Project:
     def wait_for(self, what: str, condition: Callable[[], Any], timeout: float,
                  every: float = 3.0) -> Any:
         """Poll `condition` until it returns something truthy; fail with diagnostics."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n"
-                            f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}",
-                            pytrace=False)
-            time.sleep(every)
+        return poll(what, condition, timeout, every, lambda: (
+            f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}"))
 
     def quiet_for(self, seconds: float) -> Callable[[], bool]:
         """A condition: no run has been queued or running for `seconds`."""
-        state = {"since": None}
-
-        def check() -> bool:
-            if any(run.status in ACTIVE for run in self.runs()):
-                state["since"] = None
-                return False
-            state["since"] = state["since"] or time.monotonic()
-            return time.monotonic() - state["since"] >= seconds
-
-        return check
+        return quiet_for(self.home, seconds)
 
 
 def check_ui(project: Project, tmp_path: Path, retrain: dg.DagsterRun, version: str,

@@ -23,7 +23,7 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 # Every sensor's minimum interval; `$CT_SENSOR_INTERVAL_SECONDS` shortens it (end-to-end tests).
 SENSOR_INTERVAL_ENV = "CT_SENSOR_INTERVAL_SECONDS"
-LANDING_INTERVAL_SECONDS = int(os.environ.get(SENSOR_INTERVAL_ENV) or 30)
+SENSOR_INTERVAL_SECONDS = int(os.environ.get(SENSOR_INTERVAL_ENV) or 30)
 
 
 MONITORED_ON_LANDING = ("predictions", "drift_report")
@@ -33,7 +33,7 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
                          ) -> dg.SensorDefinition:
     """The sensor that ingests new or changed landed files (runs `landing_job`)."""
 
-    @dg.sensor(job_name="landing_job", minimum_interval_seconds=LANDING_INTERVAL_SECONDS,
+    @dg.sensor(job_name="landing_job", minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """New, changed or removed complete files → `landing_job` for the partitions they cover.
@@ -93,7 +93,6 @@ def _deployed_metadata(instance: dg.DagsterInstance) -> dict:
 
 ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                    dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-TRIGGER_INTERVAL_SECONDS = LANDING_INTERVAL_SECONDS
 DETAIL_TAG = "ct/trigger_detail"
 
 
@@ -128,7 +127,7 @@ def build_freshness_sensor(config: Config) -> dg.SensorDefinition:
     status = (dg.DefaultSensorStatus.RUNNING if config.triggers.freshness
               else dg.DefaultSensorStatus.STOPPED)
 
-    @dg.sensor(job_name="retrain_job", minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS,
+    @dg.sensor(job_name="retrain_job", minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                default_status=status)
     def freshness_sensor(context: dg.SensorEvaluationContext
                          ) -> dg.RunRequest | dg.SkipReason:
@@ -208,7 +207,7 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "automation_sensor", target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS,
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         description="Keeps features, predictions and the monitoring assets following their "
                     "upstreams (`follows_upstream`: eager, plus every partition with new data).")
 
@@ -226,7 +225,7 @@ def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: 
     status = dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED
 
     @dg.sensor(name=name, job_name="retrain_job",
-               minimum_interval_seconds=TRIGGER_INTERVAL_SECONDS, default_status=status,
+               minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=status,
                description=f"A failed `{check}` check on `{asset}` → retrain_job "
                            f"(reason `{reason}`).")
     def check_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -1,8 +1,9 @@
-"""A real Dagster webserver and a real headless Chromium, for tests of what the UI shows.
+"""Real processes for the end-to-end test and the loop-latency benchmark.
 
-The webserver listens on 127.0.0.1 on a free port, in its own process group, and is stopped
-(SIGTERM, then SIGKILL) when the `with` block ends; `timeout` stops it even if the test process
-dies. Chromium is Debian's (`/usr/bin/chromium`, installed by `make test`), driven by Playwright.
+`Daemon` is `dagster-daemon run` in its own process group. `webserver` listens on 127.0.0.1 on a
+free port, in its own process group, and is stopped (SIGTERM, then SIGKILL) when the `with` block
+ends; `timeout` stops it even if the test process dies. Chromium is Debian's
+(`/usr/bin/chromium`, installed by `make test`), driven by Playwright.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import dagster as dg
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -46,6 +50,72 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 30) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+class Daemon:
+    """`dagster-daemon run -m ct_assets.definitions` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-m", "ct_assets.definitions"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group (code server and run workers too), then SIGKILL."""
+        process, self.process = self.process, None
+        if process is not None:
+            stop_group(process)
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return "(no daemon log)"
+        text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+          dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+          dg.DagsterRunStatus.CANCELING]
+
+
+def poll(what: str, condition: Callable[[], Any], timeout: float, every: float,
+         diagnostics: Callable[[], str]) -> Any:
+    """Call `condition` every `every` seconds until it returns something truthy, and return it.
+
+    Raises:
+        TimeoutError: after `timeout` seconds, naming `what` and carrying `diagnostics()`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                               f"{diagnostics()}")
+        time.sleep(every)
+
+
+def quiet_for(home: Path, seconds: float) -> Callable[[], bool]:
+    """A condition: no run of the instance in `home` has been queued or running for `seconds`."""
+    state: dict[str, float | None] = {"since": None}
+
+    def check() -> bool:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            busy = instance.get_runs(dg.RunsFilter(statuses=ACTIVE), limit=1)
+        if busy:
+            state["since"] = None
+            return False
+        state["since"] = state["since"] or time.monotonic()
+        return time.monotonic() - state["since"] >= seconds
+
+    return check
 
 
 def free_port() -> int:
