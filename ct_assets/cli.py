@@ -60,7 +60,9 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         drift_start = start + dt.timedelta(days=offset)
     scenario = simulator.DriftScenario(kind=args.drift, start=drift_start)
     paths = simulator.write_days(config.landing_dir, start=start, days=args.days,
-                                 rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario)
+                                 rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario,
+                                 labels_dir=config.labels_dir,
+                                 label_delay=config.triggers.label_delay)
     report = {"landing_dir": str(config.landing_dir), "files": len(paths),
               "first_day": start.isoformat(),
               "last_day": (start + dt.timedelta(days=args.days - 1)).isoformat(),
@@ -101,16 +103,20 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     """List what ingestion rejected."""
+    from ct_assets.defs.labels import LABELS_FOLDER
     from ct_assets.lib.quarantine import Quarantine
     from ct_assets.lib.reports import text_table
 
-    entries = Quarantine(config.quarantine_dir).entries()
+    entries = [{**entry, "kind": "rows"} for entry in Quarantine(config.quarantine_dir).entries()]
+    entries += [{**entry, "kind": "labels"} for entry in
+                Quarantine(config.quarantine_dir / LABELS_FOLDER).entries()]
     if args.json:
         print(json.dumps(entries, default=str))
     elif not entries:
         print("quarantine is empty")
     else:
-        print(text_table(entries, ["source_file", "partition", "check", "rows", "reason"]))
+        print(text_table(entries, ["kind", "source_file", "partition", "check", "rows",
+                                   "reason"]))
     return 0
 
 
@@ -123,6 +129,7 @@ def _age(iso: str) -> str:
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     """Show the deployed model, its metrics and age, and the latest retrain."""
     from ct_assets.lib.model_store import ModelStore
+    from ct_assets.lib.triggers import TriggerLog
 
     store = ModelStore(config.models_dir)
     deployed = store.deployed()
@@ -141,6 +148,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
             "decision": latest.get("decision"),
         },
         "models": len(versions),
+        "triggers": TriggerLog(config.storage_dir).latest(),
     }
     if args.json:
         print(json.dumps(report, default=str))
@@ -156,6 +164,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if latest is not None:
         last = report["last_retrain"]
         print(f"last retrain: {last['version']} ({last['reason']}) → {last['status']}")
+    for name, entry in sorted(report["triggers"].items()):
+        print(f"{name}: {entry['decision']} at {entry['at']}: {entry['detail']}")
     return 0
 
 

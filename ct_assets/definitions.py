@@ -9,12 +9,14 @@ from ct_assets.defs.automation import (
     build_automation_sensor,
     build_check_sensor,
     build_freshness_sensor,
+    build_label_sensor,
     build_landing_sensor,
     build_retrain_schedule,
 )
 from ct_assets.defs.deployment import build_deployment_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
+from ct_assets.defs.labels import build_label_assets
 from ct_assets.defs.monitoring import build_monitoring_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
@@ -32,6 +34,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     partitions_def = build_partitions(config)
     assets = [
         *build_ingest_assets(config, partitions_def),
+        *build_label_assets(config, partitions_def),
         *build_feature_assets(config, partitions_def),
         *build_training_assets(config),
         *build_validation_assets(config),
@@ -58,11 +61,17 @@ def build_definitions(config: Config) -> dg.Definitions:
         "performance_job", selection=dg.AssetSelection.assets("model_performance"))
     jobs = [data_job, landing_job, retrain_job, scoring_job, drift_job, performance_job]
     triggers = config.triggers
-    sensors = [
-        build_landing_sensor(config, partitions_def),
-        build_check_sensor("drift_sensor", "drift_report", "feature_drift", "drift",
+    sensors = [build_landing_sensor(config, partitions_def)]
+    if config.dataset.labels is not None:
+        jobs.append(dg.define_asset_job(
+            "labels_job", selection=dg.AssetSelection.assets("labels"),
+            description="What label_sensor runs for label files: ingest the labels known in "
+                        "those partitions."))
+        sensors.append(build_label_sensor(config, partitions_def))
+    sensors += [
+        build_check_sensor(config, "drift_sensor", "drift_report", "feature_drift", "drift",
                            triggers.drift),
-        build_check_sensor("performance_sensor", "model_performance", "performance",
+        build_check_sensor(config, "performance_sensor", "model_performance", "performance",
                            "performance", triggers.performance),
         build_freshness_sensor(config),
         build_automation_sensor(),

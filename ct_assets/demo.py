@@ -31,13 +31,15 @@ def run_demo(config: Config, *, history_days: int = 30, drifted_days: int = 10,
     drift_day = start + dt.timedelta(days=history_days + drift_after)
     scenario = simulator.DriftScenario(kind, drift_day)
     out = [f"1. history: {history_days} days from {start} ({rows_per_day} rows/day)"]
+    labels = {"labels_dir": config.labels_dir, "label_delay": config.triggers.label_delay}
     simulator.write_days(config.landing_dir, start=start, days=history_days,
-                         rows_per_day=rows_per_day, drift=scenario)
+                         rows_per_day=rows_per_day, drift=scenario, **labels)
     first = run_pipeline(config, progress=progress)
     out += [format_summary(first), "",
             f"2. {drifted_days} more days up to today, {kind} drift injected from {drift_day}"]
     simulator.write_days(config.landing_dir, start=start + dt.timedelta(days=history_days),
-                         days=drifted_days, rows_per_day=rows_per_day, drift=scenario)
+                         days=drifted_days, rows_per_day=rows_per_day, drift=scenario,
+                         **labels)
     second = run_pipeline(config, progress=progress)
     out += [text_table(second["runs"], ["job", "what", "success", "seconds"]), "",
             "3. timeline", text_table(timeline(config, drift_day), TIMELINE_COLUMNS), "",

@@ -89,10 +89,17 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
         done = _materialized(instance, "raw_events")
         ingest = landed if rebuild else pending | (landed - done)
         runner.partitioned("data_job", ingest, ordered)
+        fresh_labels: set[str] = set()
+        if config.dataset.labels is not None:
+            arrived, changed = landed_partitions(
+                config, FileCatalog(config.labels_catalog_path), labels=True)
+            fresh_labels = arrived if rebuild else changed | (
+                arrived - _materialized(instance, "labels"))
+            runner.partitioned("labels_job", fresh_labels, ordered)
         if store.deployed() is None and landed:
             runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
         if store.deployed() is not None:
-            _monitor(runner, config, landed, ingest, ordered)
+            _monitor(runner, config, landed, ingest, ordered, fresh_labels)
             triggered = evaluate_triggers(defs, instance, config)
             if triggered:
                 request = triggered[0]  # one retrain per pass answers every pending trigger
@@ -111,18 +118,31 @@ def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
 
 
 def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[str],
-             ordered: list[str]) -> None:
-    """Score, check drift and measure performance where it is missing or out of date."""
+             ordered: list[str], fresh_labels: set[str]) -> None:
+    """Score, check drift and measure performance where it is missing or out of date.
+
+    A partition's performance is measured once its labels are known (the partition
+    `label_delay` later has landed: its data, or with `dataset.labels` its labels), and
+    measured again when its rows or labels changed.
+    """
     instance = runner.instance
     fresh = ingested & landed
     for job, asset in (("scoring_job", "predictions"), ("drift_job", "drift_report")):
         runner.partitioned(job, (landed - _materialized(instance, asset)) | fresh, ordered)
     delay = config.triggers.label_delay
+    separate = config.dataset.labels is not None
+    clock = _materialized(instance, "labels") if separate else landed
     position = {key: index for index, key in enumerate(ordered)}
+
+    def window(key: str) -> set[str]:  # the partitions whose labels count for `key`
+        return set(ordered[position[key]:position[key] + delay + 1])
+
     labelled = {key for key in landed if key in position and position[key] + delay < len(ordered)
-                and ordered[position[key] + delay] in landed}
+                and ordered[position[key] + delay] in clock}
     measured = _materialized(instance, "model_performance")
-    runner.partitioned("performance_job", (labelled - measured) | (fresh & labelled), ordered)
+    relabelled = {key for key in labelled if window(key) & fresh_labels}
+    runner.partitioned("performance_job",
+                       (labelled - measured) | (fresh & labelled) | relabelled, ordered)
 
 
 def evaluate_triggers(defs: dg.Definitions, instance: dg.DagsterInstance, config: Config

@@ -14,10 +14,11 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,  # no public export in 1.13
 )
 
-from ct_assets.defs.metadata import REASON_TAG
+from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.ingest import contiguous_ranges
-from ct_assets.lib.landing import scan_landing
+from ct_assets.lib.landing import LandingChanges, scan_landing
+from ct_assets.lib.triggers import TriggerLog, cooldown_reason
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -27,6 +28,44 @@ SENSOR_INTERVAL_SECONDS = int(os.environ.get(SENSOR_INTERVAL_ENV) or 30)
 
 
 MONITORED_ON_LANDING = ("predictions", "drift_report")
+
+
+def build_label_sensor(config: Config, partitions_def: dg.PartitionsDefinition
+                       ) -> dg.SensorDefinition:
+    """The sensor that ingests new or changed label files (runs `labels_job`)."""
+
+    @dg.sensor(job_name="labels_job", minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def label_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        """New, changed or removed label files → `labels` for the partitions they became known in.
+
+        Tracked by content like data files; the automation sensor then measures the
+        performance of the partitions whose labels these are.
+        """
+        known = json.loads(context.cursor) if context.cursor else {}
+        changes = scan_landing(config, known, labels=True)
+        if not changes.changed and not changes.removed:
+            return dg.SkipReason(f"no new or changed label files in {config.labels_dir}"
+                                 if changes.state == known else "only metadata changed")
+        requests = _range_requests("labels", changes, partitions_def, ["labels"])
+        context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
+                         f"label file(s) → {len(requests)} run(s) of labels")
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
+
+    return label_sensor
+
+
+def _range_requests(kind: str, changes: LandingChanges, partitions_def: dg.PartitionsDefinition,
+                    assets: list[str]) -> list[dg.RunRequest]:
+    """One run per contiguous range of changed partitions, keyed by the contents it ingests."""
+    ordered = partitions_def.get_partition_keys()
+    content = hashlib.sha256("\n".join(sorted(changes.content_ids)).encode()).hexdigest()
+    return [
+        dg.RunRequest(run_key=f"{kind}:{content[:16]}:{first}:{last}",
+                      asset_selection=[dg.AssetKey(asset) for asset in assets],
+                      tags={RANGE_START_TAG: first, RANGE_END_TAG: last, "ct/trigger": kind})
+        for first, last in contiguous_ranges(changes.partitions, ordered)
+    ]
 
 
 def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
@@ -60,14 +99,7 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
         assets = ["raw_events", "features"]
         if deployed_version(context.instance) is not None:
             assets += MONITORED_ON_LANDING
-        content = hashlib.sha256("\n".join(sorted(changes.content_ids)).encode()).hexdigest()
-        requests = [
-            dg.RunRequest(run_key=f"landing:{content[:16]}:{first}:{last}",
-                          asset_selection=[dg.AssetKey(asset) for asset in assets],
-                          tags={RANGE_START_TAG: first, RANGE_END_TAG: last,
-                                "ct/trigger": "landing"})
-            for first, last in contiguous_ranges(changes.partitions, ordered)
-        ]
+        requests = _range_requests("landing", changes, partitions_def, assets)
         context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
                          f"file(s) → {len(requests)} run(s) of {', '.join(assets)}")
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
@@ -96,10 +128,24 @@ ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
 DETAIL_TAG = "ct/trigger_detail"
 
 
-def retrain_request(reason: str, run_key: str, detail: str) -> dg.RunRequest:
-    """A `retrain_job` run that records why it was launched (read by `ct status`, manifests)."""
-    return dg.RunRequest(run_key=run_key, job_name="retrain_job",
-                         tags={REASON_TAG: reason, DETAIL_TAG: detail[:200]})
+def retrain_request(reason: str, run_key: str, detail: str, change_point: str | None = None
+                    ) -> dg.RunRequest:
+    """A `retrain_job` run that records why it was launched (read by `ct status`, manifests).
+
+    `change_point` is the first partition of the change it answers (drift, performance).
+    """
+    tags = {REASON_TAG: reason, DETAIL_TAG: detail[:200]}
+    if change_point:
+        tags[CHANGE_POINT_TAG] = change_point
+    return dg.RunRequest(run_key=run_key, job_name="retrain_job", tags=tags)
+
+
+def last_change_point(instance: dg.DagsterInstance) -> str | None:
+    """The change the latest drift or performance retrain answered (its first partition)."""
+    for run in instance.get_runs(dg.RunsFilter(job_name="retrain_job"), limit=50):
+        if CHANGE_POINT_TAG in run.tags:
+            return run.tags[CHANGE_POINT_TAG]
+    return None
 
 
 def retrain_blocked(instance: dg.DagsterInstance, since: dt.datetime | None = None) -> str | None:
@@ -212,15 +258,18 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
                     "upstreams (`follows_upstream`: eager, plus every partition with new data).")
 
 
-def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: bool
-                       ) -> dg.SensorDefinition:
+def build_check_sensor(config: Config, name: str, asset: str, check: str, reason: str,
+                       enabled: bool) -> dg.SensorDefinition:
     """A sensor that retrains when a monitoring check fails (drift, performance).
 
     It reads failed evaluations of `asset`'s `check` from the instance, newest first, after its
     cursor (the last evaluation handled). Each failure gives at most one retrain: the run key
     names the partition and the evaluation, and a failure that a queued, running or later
-    retrain already answers is skipped.
+    retrain already answers is skipped, as is one within `triggers.cooldown` partitions of
+    the change the last drift or performance retrain answered. Every decision is logged for
+    `ct status`.
     """
+    log = TriggerLog(config.storage_dir)
     check_key = dg.AssetCheckKey(dg.AssetKey(asset), check)
     status = dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED
 
@@ -247,11 +296,16 @@ def build_check_sensor(name: str, asset: str, check: str, reason: str, enabled: 
         landed = _landed_at(context.instance, partition)
         blocked = retrain_blocked(context.instance,
                                   since=min(happened, landed) if landed else happened)
+        blocked = blocked or cooldown_reason(config, partition,
+                                             last_change_point(context.instance))
         if blocked:
-            return dg.SensorResult(skip_reason=f"{asset}.{check} failed for {partition}: "
-                                               f"{blocked}", cursor=str(record.id))
-        request = retrain_request(reason, f"{reason}:{partition}:{record.id}",
-                                  f"{asset}.{check} failed for partition {partition}")
+            skipped = f"{asset}.{check} failed for {partition}: {blocked}"
+            log.record(name, "skipped", partition, skipped)
+            return dg.SensorResult(skip_reason=skipped, cursor=str(record.id))
+        detail = f"{asset}.{check} failed for partition {partition}"
+        request = retrain_request(reason, f"{reason}:{partition}:{record.id}", detail,
+                                  change_point=None if partition == "?" else partition)
+        log.record(name, "launched", partition, detail)
         return dg.SensorResult(run_requests=[request], cursor=str(record.id))
 
     return check_sensor

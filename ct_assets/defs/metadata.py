@@ -44,6 +44,9 @@ def check_result(outcome: CheckOutcome, asset: str) -> dg.AssetCheckResult:
 
 
 REASON_TAG = "ct/reason"  # why a retrain run was launched: drift, performance, freshness, …
+# The first partition of the change a drift or performance retrain answers: the retrain
+# emphasises the rows from there on, and takes its drift reference from them.
+CHANGE_POINT_TAG = "ct/change_point"
 
 
 def latest_metadata(context: dg.AssetExecutionContext, asset: str, key: str) -> object | None:

@@ -8,10 +8,11 @@ import polars as pl
 
 from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
-from ct_assets.lib.config import Config
+from ct_assets.lib.config import Config, worse_than
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
 from ct_assets.lib.features import offset_partitions
 from ct_assets.lib.ingest import partition_keys
+from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
 from ct_assets.lib.monitoring import (
     error_of,
     load_profiles,
@@ -106,10 +107,15 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                       "model_version": version},
         )
 
+    # Labels of partition p count as known once the partition `label_delay` later has landed:
+    # its data (labels in the data file) or its labels (`dataset.labels`).
+    label_source = "labels" if dataset.labels is not None else "raw_events"
+    label_deps = [dg.AssetDep(label_source, partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=0 if dataset.labels is not None else delay, end_offset=delay))]
+
     @dg.asset(
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["predictions", dg.AssetDep("raw_events", partition_mapping=(
-            dg.TimeWindowPartitionMapping(start_offset=delay, end_offset=delay)))],
+        deps=["predictions", *label_deps],
         group_name="monitoring", kinds={"duckdb", "polars"}, pool="duckdb",
         automation_condition=follows_upstream(),
         check_specs=[dg.AssetCheckSpec(
@@ -124,10 +130,12 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         """Realised performance of the deployed model on each partition, once labels are known.
 
         Labels of a partition count as known when the partition `triggers.label_delay` later has
-        landed; partitions whose labels are not known yet are left for a later run.
+        landed (with `dataset.labels`: the labels that became known by the end of that
+        partition, joined to the predictions by id); partitions whose labels are not known yet
+        are left for a later run. Rows still without a label are not measured.
         """
         window = context.partition_time_window
-        landed = context.instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+        landed = context.instance.get_materialized_partitions(dg.AssetKey(label_source))
         fmt = config.partitions.key_format
         keys = [key for key in partition_keys(config, window.start, window.end)
                 if delay == 0 or offset_partitions(
@@ -139,9 +147,17 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         store = warehouse.get()
         predictions = store.read_range("predictions", dataset.timestamp, window.start,
                                        window.end)
+        if dataset.labels is not None:
+            arrived = (store.query(f"SELECT * FROM labels WHERE {LABELLED_PARTITION} IN "
+                                   f"({', '.join('?' for _ in keys)})", keys)
+                       if store.table_exists("labels") else None)
+            known = None if arrived is None else known_labels(arrived, config, delay)
+            predictions = attach_labels(predictions, known, config)
         rows = []
         for key in keys:
             part = predictions.filter(pl.col(PARTITION) == key)
+            unlabelled = part.filter(pl.col(dataset.target).is_null()).height
+            part = part.filter(pl.col(dataset.target).is_not_null())
             for model_version, scored in part.group_by("model_version"):
                 _, manifest = load_verified(model_store.get(), str(model_version[0]))
                 y, _ = encode_labels(scored[dataset.target], dataset.task,
@@ -150,8 +166,11 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                 metrics = compute_metrics(y, scored["score"].to_numpy(), dataset.task,
                                           threshold)
                 rows.append({PARTITION: key, "model_version": str(model_version[0]),
-                             "rows": scored.height, **metrics,
+                             "rows": scored.height, "unlabelled_rows": unlabelled, **metrics,
                              "error": error_of(metrics, config)})
+        if not rows:
+            raise dg.Failure(f"no labelled predictions in {keys[0]} … {keys[-1]} yet: no label "
+                             "is known for their rows")
         table = _with_start(pl.DataFrame(rows), config)
         store.replace_range("model_performance", table, PARTITION_START, window.start,
                             window.end)
@@ -164,8 +183,10 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         alarm = performance_alarm(series["error"].to_list(),
                                   **config.drift.page_hinkley.model_dump())
         value = latest.get(metric)
+        floor = triggers.min_performance
         low = [row[PARTITION] for row in table.iter_rows(named=True)
-               if row.get(metric) is not None and row[metric] < triggers.min_performance]
+               if floor is not None and row.get(metric) is not None
+               and worse_than(dataset.task, metric, row[metric], floor)]
         yield dg.MaterializeResult(metadata={
             "model_version": latest["model_version"], metric: value,
             "error": latest["error"], "rows": int(table["rows"].sum()),

@@ -1,4 +1,4 @@
-"""Training stage: `features` → `training_set` → `candidate_model` in the model store."""
+"""Training stage: `features` (+ `labels`) → `training_set` → `candidate_model` in the store."""
 
 import datetime as dt
 import platform
@@ -8,23 +8,29 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
+from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.lib.candidate import EVALUATION_DIR, fit_candidate
 from ct_assets.lib.config import Config
-from ct_assets.lib.evaluation import OPERATING_THRESHOLD, best_f1_threshold, compute_metrics
-from ct_assets.lib.features import feature_schema
+from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels
+from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.monitoring import REFERENCE_FILE, fit_profiles, save_profiles
-from ct_assets.lib.training import encode_labels, inner_split_index, train_model
 from ct_assets.lib.training_set import (
+    IN_REGIME,
+    MIN_REFERENCE_ROWS,
+    REGIME_KIND,
+    REGIME_START,
     SPLIT,
     choose_partitions,
     fingerprint,
     label_split,
+    mark_regime,
+    regime_start,
     summarize,
+    training_cutoff,
 )
 from ct_assets.lib.validation import PARTITION
-
-INNER_SCORED_ROWS = 20_000
+from ct_assets.lib.warehouse import Warehouse
 
 
 def _library_versions() -> dict[str, str]:
@@ -34,40 +40,88 @@ def _library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: version(name) for name in names}}
 
 
+def labelled_features(store: Warehouse, config: Config, where: str, parameters: list
+                      ) -> pl.DataFrame:
+    """Rows of `features` matching `where`, their target filled from `labels` where known."""
+    frame = store.query(f'SELECT * FROM features WHERE {where} '
+                        f'ORDER BY "{config.dataset.timestamp}"', parameters)
+    if config.dataset.labels is None or not store.table_exists("labels"):
+        return frame
+    keys = frame[PARTITION].unique().to_list()
+    marks = ", ".join("?" for _ in keys) or "NULL"
+    labels = store.query(f"SELECT * FROM labels WHERE {LABELLED_PARTITION} IN ({marks})", keys)
+    return attach_labels(frame, labels, config)
+
+
+def labelled_partitions(store: Warehouse, config: Config, cutoff: str) -> list[str]:
+    """Partitions before `cutoff` holding at least one labelled row."""
+    target = config.dataset.target
+    keys = set(store.query(f'SELECT DISTINCT {PARTITION} FROM features '
+                           f'WHERE "{target}" IS NOT NULL AND {PARTITION} < ?', [cutoff]
+                           )[PARTITION].to_list())
+    if config.dataset.labels is not None and store.table_exists("labels"):
+        keys |= set(store.query(f"SELECT DISTINCT {LABELLED_PARTITION} AS k FROM labels "
+                                f"WHERE {LABELLED_PARTITION} < ?", [cutoff])["k"].to_list())
+    return sorted(keys)
+
+
+def champion_regime(store: ModelStore) -> tuple[str | None, str | None]:
+    """The regime start and kind the deployed model was trained with (None: none)."""
+    champion = store.deployed()
+    if champion is None:
+        return None, None
+    try:
+        manifest = store.manifest(champion["version"])
+    except ModelStoreError:
+        return None, None
+    return manifest.get("regime_start"), manifest.get("regime_kind")
+
+
 def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
     """The `training_set` and `candidate_model` assets."""
     dataset, training = config.dataset, config.training
     target = dataset.target
     assert target is not None
+    label_deps = ["labels"] if dataset.labels is not None else []
 
-    @dg.asset(deps=["features"], group_name="training", kinds={"duckdb", "polars"},
-              pool="duckdb", metadata={"dagster/table_name": "warehouse.main.training_set"})
-    def training_set(warehouse: WarehouseResource) -> dg.MaterializeResult:
-        """The last `training.window` labelled partitions of features, split by time.
+    @dg.asset(deps=["features", *label_deps], group_name="training",
+              kinds={"duckdb", "polars"}, pool="duckdb",
+              metadata={"dagster/table_name": "warehouse.main.training_set"})
+    def training_set(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     model_store: ModelStoreResource) -> dg.MaterializeResult:
+        """The last `training.window` labelled, mature partitions of features, split by time.
 
-        The most recent `training.holdout` partitions are the holdout; every holdout row is
-        later than every training row, so validation never sees the training period.
+        Never the partition still open nor the `triggers.label_delay` partitions before it
+        (their labels are not all known), never an unlabelled row. The most recent
+        `training.holdout` partitions are the holdout, later than every training row. After a
+        change (the partition a drift or performance retrain answers, or the one the champion
+        was trained from), rows of the new regime are marked `in_regime`: training weights
+        them up (strongly after a performance failure, a change of concept), and the drift
+        reference is fitted on the partitions since the change, labelled or not.
         """
         store = warehouse.get()
-        available = store.query(
-            f'SELECT DISTINCT {PARTITION} FROM features WHERE "{target}" IS NOT NULL')
+        cutoff = training_cutoff(config, dt.datetime.now(dt.UTC))
         train_keys, holdout_keys = choose_partitions(
-            available[PARTITION].to_list(), training.window, training.holdout)
+            labelled_partitions(store, config, cutoff), training.window, training.holdout)
         keys = [*train_keys, *holdout_keys]
         placeholders = ", ".join("?" for _ in keys)
-        frame = store.query(
-            f'SELECT * FROM features WHERE {PARTITION} IN ({placeholders}) '
-            f'AND "{target}" IS NOT NULL ORDER BY "{dataset.timestamp}"', keys)
-        frame = label_split(frame, PARTITION, holdout_keys)
+        frame = labelled_features(store, config, f"{PARTITION} IN ({placeholders})", keys)
+        frame = frame.filter(pl.col(target).is_not_null())
+        change = context.run.tags.get(CHANGE_POINT_TAG)
+        inherited, inherited_kind = champion_regime(model_store.get())
+        start = regime_start(keys, change, inherited)
+        concept = context.run.tags.get(REASON_TAG) == "performance" or (
+            inherited_kind == "concept" and start == inherited)
+        frame = mark_regime(label_split(frame, PARTITION, holdout_keys), PARTITION, start,
+                            "concept" if concept else "inputs")
         with store.connect() as connection:
             connection.register("incoming", frame.to_arrow())
             connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
-        version = fingerprint(frame)
-        # The drift reference of this training window, fitted once and reused for every
-        # partition the resulting model scores (it travels with the model).
-        config.reference_dir.mkdir(parents=True, exist_ok=True)
-        save_profiles(fit_profiles(frame.filter(pl.col(SPLIT) == "train"), config),
-                      config.reference_dir / version)
+        reference, labelled, described = _reference_rows(store, frame, change or start)
+        version = fingerprint(frame)[:8] + fingerprint(reference)[:8]
+        # The drift reference of what the model will be judged against next, fitted once and
+        # reused for every partition the resulting model scores (it travels with the model).
+        save_profiles(fit_profiles(reference, config, labelled), config.reference_dir / version)
         summary = summarize(frame, target, dataset.task, dataset.timestamp)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
@@ -79,68 +133,87 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
                 "train_partitions": f"{train_keys[0]} … {train_keys[-1]} ({len(train_keys)})",
                 "holdout_partitions": f"{holdout_keys[0]} … {holdout_keys[-1]} "
                                       f"({len(holdout_keys)})",
+                "cutoff": f"partitions before {cutoff} (open partition and label_delay "
+                          f"{config.triggers.label_delay} left out)",
+                "regime_start": start or "none",
+                "regime_rows": int(frame[IN_REGIME].sum()),
+                "drift_reference": described,
                 "summary": dg.MetadataValue.json(summary),
             },
         )
+
+    def _reference_rows(store: Warehouse, frame: pl.DataFrame, start: str | None
+                        ) -> tuple[pl.DataFrame, pl.DataFrame | None, str]:
+        """The drift reference rows, the labelled rows for the target, and a description."""
+        if start is not None:
+            recent = labelled_features(store, config, f"{PARTITION} >= ?", [start])
+            if recent.height >= MIN_REFERENCE_ROWS:
+                known = recent.filter(pl.col(target).is_not_null())
+                labelled = known if known.height >= MIN_REFERENCE_ROWS else frame
+                last = recent[PARTITION].max()
+                return recent, labelled, (f"{recent.height} rows of {start} … {last}, since the "
+                                          f"change (target: {labelled.height} labelled rows)")
+        return frame, None, f"the {frame.height} training + holdout rows"
 
     @dg.asset(deps=[training_set], group_name="training", kinds={"lightgbm", "duckdb"},
               pool="duckdb")
     def candidate_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                         model_store: ModelStoreResource) -> dg.MaterializeResult:
-        """A model trained on the training split, saved in the model store with its manifest.
+        """A model trained on the training split, refitted on every row for deployment.
 
-        LightGBM by default (`training.model`); early stopping uses the most recent rows of the
-        training split, never the holdout. The manifest records the sha256 of every file, the
-        feature schema, window, params, library versions, the training data version, the
-        parent (champion) version and why it was trained.
+        The evaluation model (LightGBM by default, `training.model`) fits the training split,
+        early-stopping on its newest rows, never the holdout: the gate judges it. The model
+        deployed if the gate approves is the same procedure refitted on train + holdout with
+        the iterations chosen, so it has learned the newest partitions too. Rows of the current
+        regime weigh at least as much as those before the change. The manifest records the
+        sha256 of every file, the feature schema, window, params, weights, library versions,
+        the training data version, the parent (champion) version and why it was trained.
         """
         frame = warehouse.get().query(
             f"SELECT * FROM training_set ORDER BY \"{dataset.timestamp}\"")
-        train = frame.filter(pl.col(SPLIT) == "train")
-        schema = feature_schema(config)
-        model, info = train_model(train, schema=schema, target=target, task=dataset.task,
-                                  kind=training.model, params=training.params,
-                                  seed=training.seed)
+        candidate = fit_candidate(frame, config)
         store = model_store.get()
         champion = store.deployed()
         reason = context.run.tags.get(REASON_TAG) or ("initial" if champion is None
                                                       else "manual")
         version = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
+        train = frame.filter(pl.col(SPLIT) == "train")
+        info = candidate.info
+        model = candidate.final
         manifest = {
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "model": training.model, "task": dataset.task, "target": target,
             "feature_schema": [{"name": s.name, "type": s.type, "categories": s.categories}
                                for s in model.specs],
             "classes": model.classes,
-            "training_window": {"partitions": sorted(train[PARTITION].unique().to_list()),
-                                "from": str(train[dataset.timestamp].min()),
-                                "to": str(train[dataset.timestamp].max()),
-                                "rows": train.height},
+            "training_window": {"partitions": sorted(frame[PARTITION].unique().to_list()),
+                                "from": str(frame[dataset.timestamp].min()),
+                                "to": str(frame[dataset.timestamp].max()),
+                                "rows": frame.height},
+            "evaluation_window": {"partitions": sorted(train[PARTITION].unique().to_list()),
+                                  "rows": train.height, "model": f"{EVALUATION_DIR}/"},
+            "regime_start": frame[REGIME_START][0] if frame.height else None,
+            "regime_kind": frame[REGIME_KIND][0] if frame.height else None,
+            "change_point": context.run.tags.get(CHANGE_POINT_TAG),
             "params": training.params, "seed": training.seed,
             "training_info": {"best_iteration": info["best_iteration"],
                               "seconds": round(info["seconds"], 3),
-                              "top_features": info["top_features"]},
+                              "top_features": info["top_features"],
+                              "train_weights": info["train_weights"],
+                              "refit": info["refit"]},
             "library_versions": _library_versions(),
             "training_set_version": latest_metadata(context, "training_set", "data_version")
             or fingerprint(frame),
             "parent": champion["version"] if champion else None,
-            "reason": reason, "run_id": context.run.run_id, "metrics": {},
+            "reason": reason, "run_id": context.run.run_id,
+            "operating_threshold": candidate.threshold,
+            "metrics": {"inner_validation": candidate.inner_metrics},
         }
-        # Threshold and inner metrics on (at most) the newest INNER_SCORED_ROWS rows of the
-        # inner split: enough for both, without re-scoring the whole split after training.
-        inner_rows = min(train.height - inner_split_index(train.height), INNER_SCORED_ROWS)
-        inner = train.tail(inner_rows)
-        labels, _ = encode_labels(inner[target], dataset.task, model.classes)
-        inner_scores = model.predict(inner)
-        # The operating threshold is chosen on the inner split (max F1), never on the holdout.
-        threshold = (best_f1_threshold(labels, inner_scores) if dataset.task == "binary"
-                     else None)
-        manifest["operating_threshold"] = threshold
-        manifest["metrics"] = {"inner_validation": compute_metrics(
-            labels, inner_scores, dataset.task, threshold or OPERATING_THRESHOLD)}
         profile = config.reference_dir / manifest["training_set_version"] / REFERENCE_FILE
         with tempfile.TemporaryDirectory() as work:
-            files = model.save(Path(work))
+            files = model.save(Path(work) / "final")
+            evaluation = candidate.evaluation.save(Path(work) / EVALUATION_DIR)
+            files.update({f"{EVALUATION_DIR}/{name}": path for name, path in evaluation.items()})
             if profile.is_file():
                 files[REFERENCE_FILE] = profile
             store.save(version, files, manifest)
@@ -149,7 +222,9 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
             "version": version, "model": training.model, "reason": reason,
             "parent": manifest["parent"] or "none",
             "train_rows": train.height,
-            "training_seconds": round(info["seconds"], 3),
+            "refit_rows": frame.height,
+            "regime_start": manifest["regime_start"] or "none",
+            "training_seconds": round(info["seconds"] + info["refit"]["seconds"], 3),
             "best_iteration": info["best_iteration"] or 0,
             "top_features": dg.MetadataValue.md(
                 "\n".join(f"- `{name}`: {gain}" for name, gain in top) or "n/a"),

@@ -9,6 +9,7 @@ import polars as pl
 
 from ct_assets.defs.metadata import latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.lib.candidate import EVALUATION_DIR
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import (
     OPERATING_THRESHOLD,
@@ -19,10 +20,10 @@ from ct_assets.lib.evaluation import (
     slice_metrics,
 )
 from ct_assets.lib.features import feature_schema
-from ct_assets.lib.model_store import ModelStoreError
+from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
-from ct_assets.lib.training import encode_labels
+from ct_assets.lib.training import SPEC_FILE, encode_labels
 from ct_assets.lib.training_set import SPLIT
 
 CANARY_ROWS = 256
@@ -56,11 +57,12 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         version = str(latest_metadata(context, "candidate_model", "version") or "")
         if not version:
             raise dg.Failure("no candidate_model materialization found; train a candidate first")
-        candidate, manifest = load_verified(store, version)
+        candidate, manifest = load_verified(store, version, evaluated_part(manifest_of(
+            store, version)))
         holdout = warehouse.get().query(
             f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
             f"ORDER BY \"{dataset.timestamp}\"")
-        y, _ = encode_labels(holdout[target], task, manifest.get("classes"))
+        y, _ = encode_labels(holdout[target], task, candidate.classes)
         notes: list[str] = []
         unseen = y < 0 if task == "multiclass" else np.zeros(len(y), dtype=bool)
         if unseen.any():
@@ -72,7 +74,9 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         champion = store.deployed()
         if champion:
             try:
-                model, champion_manifest = load_verified(store, champion["version"])
+                model, champion_manifest = load_verified(
+                    store, champion["version"],
+                    evaluated_part(manifest_of(store, champion["version"])))
                 scores["champion"] = model.predict(holdout)
                 thresholds["champion"] = _threshold(champion_manifest)
             except (ModelStoreError, OSError, ValueError, KeyError) as error:
@@ -80,9 +84,12 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
                              f"candidate is judged on gate.min_value alone: {error}")
         metrics = {role: compute_metrics(y, values, task, thresholds[role])
                    for role, values in scores.items()}
+        # The deployable (refitted) model must match serving's schema and reproduce its own
+        # scores when loaded from disk in a fresh process.
         problems = schema_problems(manifest, feature_schema(config))
-        problems += canary_problems(store, version, holdout.head(CANARY_ROWS),
-                                    scores["candidate"][:CANARY_ROWS])
+        deployable, _ = load_verified(store, version)
+        canary = holdout.head(CANARY_ROWS)
+        problems += canary_problems(store, version, canary, deployable.predict(canary))
         decision = decide_gate(
             task=task, metric=gate.metric, candidate=metrics["candidate"][gate.metric],
             champion=metrics.get("champion", {}).get(gate.metric), min_value=gate.min_value,
@@ -128,6 +135,21 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         )
 
     return [validation_report]
+
+
+def manifest_of(store: ModelStore, version: str) -> dict:
+    """A version's manifest as stored (its files are verified when a model is loaded)."""
+    return store.describe(version)
+
+
+def evaluated_part(manifest: dict) -> str | None:
+    """The model of a version that is judged on a holdout (None: the deployable one).
+
+    That is its evaluation model, fitted without the holdout, when it has one; versions made
+    before models were refitted hold only one model.
+    """
+    files = manifest.get("files") or {}
+    return EVALUATION_DIR if f"{EVALUATION_DIR}/{SPEC_FILE}" in files else None
 
 
 def _threshold(manifest: dict) -> float:

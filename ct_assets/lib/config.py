@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ct_assets.lib import simulator
+from ct_assets.lib.evaluation import METRICS
 
 CONFIG_ENV = "CT_CONFIG"
 DEFAULT_CONFIG_NAME = "ct.yaml"
@@ -71,6 +72,20 @@ def _column_spec(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+class LabelsConfig(_Section):
+    """Labels that land after their rows: files holding an id, the label and when it was known.
+
+    Each file under `landing_dir` (CSV or Parquet) has the id column, the label column and,
+    optionally, a `known_at` timestamp column; without it a label counts as known from its
+    file's modification time. Column names default to `dataset.id` and `dataset.target`.
+    """
+
+    landing_dir: Path
+    id: str | None = None
+    label: str | None = None
+    known_at: str | None = "known_at"
+
+
 class DatasetConfig(_Section):
     """What the data is and where it lands."""
 
@@ -86,6 +101,7 @@ class DatasetConfig(_Section):
     exclude: list[str] = Field(default_factory=list)
     task: Literal["binary", "multiclass", "regression"] = "binary"
     delimiter: str = ","
+    labels: LabelsConfig | None = None
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -123,6 +139,12 @@ class DatasetConfig(_Section):
             for column in getattr(self, key):
                 if column not in self.columns:
                     raise ValueError(f"dataset.{key}: column {column!r} is not in dataset.columns")
+        if self.labels is not None:
+            if self.id is None:
+                raise ValueError("dataset.labels needs dataset.id: labels are joined to their "
+                                 "rows by id")
+            object.__setattr__(self, "labels", self.labels.model_copy(update={
+                "id": self.labels.id or self.id, "label": self.labels.label or self.target}))
         if self.columns[self.timestamp].type not in ("timestamp", "string"):
             raise ValueError(
                 f"dataset.columns.{self.timestamp}: the timestamp column must have type "
@@ -153,7 +175,8 @@ def simulator_columns() -> dict[str, ColumnSpec]:
     for name, (low, high) in bounds.items():
         if name in specs:
             specs[name] = ColumnSpec(type=specs[name].type, min=low, max=high)
-    for name in (simulator.TIMESTAMP_COLUMN, simulator.TARGET_COLUMN, simulator.ID_COLUMN):
+    # The target may be null: a row whose label comes later is scored, never trained on.
+    for name in (simulator.TIMESTAMP_COLUMN, simulator.ID_COLUMN):
         specs[name] = ColumnSpec(type=specs[name].type, nullable=False)
     return specs
 
@@ -201,11 +224,36 @@ class TrainingConfig(_Section):
         return self
 
 
-class GateConfig(_Section):
-    """When a candidate may replace the champion."""
+# Per task: the default gate metric, its default gate.min_value and triggers.min_performance.
+DEFAULT_METRIC: dict[str, tuple[str, float | None, float | None]] = {
+    "binary": ("roc_auc", 0.6, 0.7),
+    "multiclass": ("accuracy", None, None),
+    "regression": ("rmse", None, None),
+}
+# Metrics whose values lie in [0, 1]; the others (log_loss, rmse, mae) are >= 0, r2 is <= 1.
+UNIT_METRICS = frozenset({"roc_auc", "pr_auc", "brier", "precision", "recall", "f1",
+                          "accuracy", "macro_f1"})
 
-    metric: str = "roc_auc"
-    min_value: float = 0.6
+
+def higher_is_better(task: str, metric: str) -> bool:
+    """Whether a larger value of `metric` is better (roc_auc) or worse (rmse, log_loss)."""
+    return METRICS[task][metric]
+
+
+def worse_than(task: str, metric: str, value: float, bound: float) -> bool:
+    """Whether `value` is on the bad side of `bound` for this metric's direction."""
+    return value < bound if higher_is_better(task, metric) else value > bound
+
+
+class GateConfig(_Section):
+    """When a candidate may replace the champion.
+
+    `metric` defaults per task (roc_auc, accuracy, rmse); `min_value` is the worst value a
+    candidate may have (a floor for higher-is-better metrics, a ceiling for rmse, log_loss …).
+    """
+
+    metric: str | None = None
+    min_value: float | None = None
     max_regression: float = Field(default=0.01, ge=0)
 
 
@@ -238,8 +286,9 @@ class TriggersConfig(_Section):
     schedule: bool = False
     max_model_age: str = "7d"
     cron: str = "0 3 * * 0"
-    min_performance: float = 0.7
+    min_performance: float | None = None
     label_delay: int = Field(default=1, ge=0)
+    cooldown: int = Field(default=3, ge=0)
 
     @field_validator("max_model_age")
     @classmethod
@@ -274,6 +323,42 @@ class Config(_Section):
     checks: ChecksConfig = ChecksConfig()
     storage: StorageConfig = StorageConfig()
     path: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> Config:
+        """Resolve the per-task metric defaults; refuse a metric or bound the task cannot have."""
+        task = self.dataset.task
+        metric, min_value, floor = DEFAULT_METRIC[task]
+        chosen = self.gate.metric or metric
+        if chosen not in METRICS[task]:
+            raise ValueError(f"gate.metric: {chosen!r} is not a {task} metric; expected one of "
+                             f"{', '.join(METRICS[task])}")
+        if chosen != metric:
+            min_value, floor = None, None  # the defaults belong to the default metric
+        gate = self.gate.model_copy(update={
+            "metric": chosen, "min_value": self.gate.min_value if self.gate.min_value is not None
+            else min_value})
+        triggers = self.triggers.model_copy(update={
+            "min_performance": self.triggers.min_performance
+            if self.triggers.min_performance is not None else floor})
+        for key, value in (("gate.min_value", gate.min_value),
+                           ("triggers.min_performance", triggers.min_performance)):
+            if value is None:
+                continue
+            if chosen in UNIT_METRICS and not 0 <= value <= 1:
+                raise ValueError(f"{key}: {chosen} lies in [0, 1], got {value}")
+            if chosen in ("log_loss", "rmse", "mae") and value < 0:
+                raise ValueError(f"{key}: {chosen} is never negative, got {value}")
+            if chosen == "r2" and value > 1:
+                raise ValueError(f"{key}: r2 is at most 1, got {value}")
+        object.__setattr__(self, "gate", gate)
+        object.__setattr__(self, "triggers", triggers)
+        return self
+
+    @property
+    def metric_higher_is_better(self) -> bool:
+        """Whether a larger value of the gate (and monitored) metric is better."""
+        return higher_is_better(self.dataset.task, str(self.gate.metric))
 
     @model_validator(mode="after")
     def _check_features(self) -> Config:
@@ -330,6 +415,17 @@ class Config(_Section):
         return self.storage.dir / "reference"
 
     @property
+    def labels_dir(self) -> Path | None:
+        """Directory where label files land, or None (labels come with their rows)."""
+        labels = self.dataset.labels
+        return labels.landing_dir if labels else None
+
+    @property
+    def labels_catalog_path(self) -> Path:
+        """What label ingestion knows of each landed label file version (per granularity)."""
+        return self.storage.dir / f"labels_catalog.{self.partitions.granularity}.json"
+
+    @property
     def dagster_home(self) -> Path:
         """Dagster's instance directory for this project."""
         return self.storage.dir / "dagster"
@@ -373,10 +469,19 @@ def config_from_dict(raw: Any, *, base_dir: Path, source: str = "config") -> Con
     storage_dir = (base_dir / config.storage.dir).resolve()
     dataset = config.dataset
     landing = (base_dir / dataset.landing_dir).resolve() if dataset.landing_dir else None
+    labels = dataset.labels
+    if labels is not None:
+        labels = labels.model_copy(update={
+            "landing_dir": (base_dir / labels.landing_dir).resolve()})
+        data_dir = landing or storage_dir / "landing"
+        if labels.landing_dir == data_dir or labels.landing_dir.is_relative_to(data_dir) \
+                or data_dir.is_relative_to(labels.landing_dir):
+            raise ConfigError(f"{source}: dataset.labels.landing_dir ({labels.landing_dir}) must "
+                              f"be apart from the data landing dir ({data_dir})")
     return config.model_copy(
         update={
             "storage": StorageConfig(dir=storage_dir),
-            "dataset": dataset.model_copy(update={"landing_dir": landing}),
+            "dataset": dataset.model_copy(update={"landing_dir": landing, "labels": labels}),
         }
     )
 

@@ -131,26 +131,32 @@ class GateDecision:
     metric: str
     candidate_value: float
     champion_value: float | None
-    min_value: float
+    min_value: float | None
     max_regression: float
     reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: approved, or why not."""
         if self.approved:
             known = self.champion_value is not None and math.isfinite(self.champion_value)
             versus = f"champion {self.champion_value:.4f}" if known else "first model"
-            return f"approved: {self.metric} {self.candidate_value:.4f} ({versus})"
+            notes = "".join(f"; {note}" for note in self.notes)
+            return f"approved: {self.metric} {self.candidate_value:.4f} ({versus}){notes}"
         return "rejected: " + "; ".join(self.reasons)
 
 
 def decide_gate(*, task: str, metric: str, candidate: float, champion: float | None,
-                min_value: float, max_regression: float,
+                min_value: float | None, max_regression: float,
                 problems: list[str] | None = None) -> GateDecision:
     """Apply the gate to a candidate's metric on the shared holdout.
 
-    Passes when the metric is finite, at least `min_value`, and not worse than the champion's
-    by more than `max_regression` (no champion: the first model needs only `min_value`).
+    Passes when the metric is finite, not on the bad side of `min_value` (below it when higher
+    is better, above it for rmse, log_loss …; None: no bound), and not worse than the
+    champion's by more than `max_regression` (no champion: the first model needs only
+    `min_value`). When the champion is on the bad side of `min_value` too, on the same holdout,
+    `min_value` does not refuse the candidate (it is noted): the candidate replaces a model
+    that is no better.
     `problems` are other failures (schema mismatch, artifact not reproducible) that reject on
     their own.
     """
@@ -159,12 +165,24 @@ def decide_gate(*, task: str, metric: str, candidate: float, champion: float | N
                          f"expected one of {', '.join(METRICS[task])}")
     higher = METRICS[task][metric]
     reasons = list(problems or [])
+    notes: list[str] = []
+
+    def bad(value: float) -> bool:
+        return min_value is not None and ((value < min_value) if higher else (value > min_value))
+
     if not math.isfinite(candidate):
         reasons.append(f"{metric} of the candidate is not finite ({candidate})")
     else:
-        if (candidate < min_value) if higher else (candidate > min_value):
-            side = "below" if higher else "above"
-            reasons.append(f"{metric} {candidate:.4f} is {side} gate.min_value {min_value}")
+        side = "below" if higher else "above"
+        if bad(candidate):
+            if champion is not None and math.isfinite(champion) and bad(champion):
+                # The world changed under both (e.g. a concept drift): refusing would keep a
+                # champion that is no better; the regression rule below still applies.
+                notes.append(f"{metric} {candidate:.4f} is {side} gate.min_value {min_value}, "
+                             f"as is the champion's {champion:.4f} on the same holdout")
+            else:
+                reasons.append(f"{metric} {candidate:.4f} is {side} gate.min_value "
+                               f"{min_value}")
         if champion is not None and math.isfinite(champion):
             worse_by = (champion - candidate) if higher else (candidate - champion)
             if worse_by > max_regression + 1e-12:
@@ -172,4 +190,4 @@ def decide_gate(*, task: str, metric: str, candidate: float, champion: float | N
                                f"{champion:.4f} by {worse_by:.4f} > gate.max_regression "
                                f"{max_regression}")
     return GateDecision(not reasons, metric, candidate, champion, min_value, max_regression,
-                        reasons)
+                        reasons, notes)

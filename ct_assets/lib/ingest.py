@@ -91,7 +91,7 @@ def ingest_window(
     are returned with theirs and do not stop the good rows of the same file.
     """
     dataset = config.dataset
-    required = list(dataset.columns)
+    required = data_columns(config)
     ts = dataset.timestamp
     window_keys = partition_keys(config, start, end)
     began = time.perf_counter()
@@ -111,6 +111,8 @@ def ingest_window(
         except BadFile as error:
             result.rejected_files.append((file, str(error)))
             continue
+        if dataset.target not in frame.columns:  # labels land separately (dataset.labels)
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(str(dataset.target)))
         try:
             good, bad = validate_rows(frame, dataset, config.partitions)
         except pl.exceptions.PolarsError as error:  # e.g. a nested column where text is declared
@@ -137,6 +139,17 @@ def ingest_window(
     result.timings = {"read_validate_s": read_done - began,
                       "deduplicate_s": time.perf_counter() - read_done}
     return result
+
+
+def data_columns(config: Config) -> list[str]:
+    """Columns every landed data file must have.
+
+    All declared ones, but the target when labels land separately (`dataset.labels`): rows
+    usually arrive without their label in production.
+    """
+    dataset = config.dataset
+    optional = {dataset.target} if dataset.labels is not None else set()
+    return [name for name in dataset.columns if name not in optional]
 
 
 def partition_keys(config: Config, start: dt.datetime, end: dt.datetime) -> list[str]:
@@ -180,7 +193,7 @@ def check_columns_in_data(config: Config, sample: int = 5) -> None:
     if not headers:
         return
     seen = set().union(*headers.values())
-    missing = [name for name in config.dataset.columns if name not in seen]
+    missing = [name for name in data_columns(config) if name not in seen]
     if missing:
         where = config.path or "config"
         raise ConfigError(
@@ -207,11 +220,13 @@ def file_partition_range(file: LandedFile, config: Config) -> tuple[str, str] | 
     return (keys.min(), keys.max()) if len(keys) else None
 
 
-def landed_partitions(config: Config, catalog: FileCatalog) -> tuple[set[str], set[str]]:
+def landed_partitions(config: Config, catalog: FileCatalog, *, labels: bool = False
+                      ) -> tuple[set[str], set[str]]:
     """Partitions holding landed data, and those whose files changed since they were ingested.
 
     A file the catalog does not know (new or changed since `raw_events` last read it) makes its
-    partitions pending, as do the old partitions of a changed or deleted file.
+    partitions pending, as do the old partitions of a changed or deleted file. With `labels`,
+    the label files (`dataset.labels`) and their arrival partitions.
 
     Returns:
         `(landed, pending)` sets of partition keys.
@@ -220,7 +235,12 @@ def landed_partitions(config: Config, catalog: FileCatalog) -> tuple[set[str], s
     pending: set[str] = set()
     ranges: list[tuple[str, str]] = []
     present: set[str] = set()
-    for file in discover(config.landing_dir):
+    if labels:
+        from ct_assets.lib.labels import label_range as partition_range
+    else:
+        partition_range = file_partition_range
+    directory = config.labels_dir if labels else config.landing_dir
+    for file in discover(directory) if directory else []:
         if file.problem:
             continue
         present.add(file.fingerprint)
@@ -229,7 +249,7 @@ def landed_partitions(config: Config, catalog: FileCatalog) -> tuple[set[str], s
             if entry:
                 ranges.append((entry[0], entry[1]))
             continue
-        found = file_partition_range(file, config)
+        found = partition_range(file, config)
         if found:
             ranges.append(found)
             pending.update(keys_between(config, *found))

@@ -39,17 +39,26 @@ def sha256_of(path: Path) -> str:
 
 
 def scan_landing(config: Config, known: dict[str, list], *, settle_seconds: float = 5.0,
-                 now: float | None = None) -> LandingChanges:
+                 now: float | None = None, labels: bool = False) -> LandingChanges:
     """Compare the landing dir with `known` (relpath → [size, mtime_ns, sha256, first, last]).
+
+    With `labels`, the label landing dir (`dataset.labels`) is scanned instead, and a file's
+    partitions are those of when its labels became known.
 
     Returns:
         The changes and the new state to remember; partitions are those of changed files
         (new and old ranges) and of removed files.
     """
+    from ct_assets.lib.labels import label_range
+
     now = time.time() if now is None else now
     result = LandingChanges(state=dict(known))
     present: set[str] = set()
-    for file in discover(config.landing_dir):
+    directory = config.labels_dir if labels else config.landing_dir
+    partition_range = label_range if labels else file_partition_range
+    if directory is None:
+        return result
+    for file in discover(directory):
         if file.problem:
             continue
         present.add(file.relpath)
@@ -59,7 +68,7 @@ def scan_landing(config: Config, known: dict[str, list], *, settle_seconds: floa
         if now - file.mtime_ns / 1e9 < settle_seconds:
             continue  # possibly still being written in place: look again next time
         digest = sha256_of(file.path)
-        keys = file_partition_range(file, config)
+        keys = partition_range(file, config)
         first, last = keys if keys else (None, None)
         result.state[file.relpath] = [file.size, file.mtime_ns, digest, first, last]
         if entry and entry[2] == digest:

@@ -105,6 +105,7 @@ class ModelStore:
         hashes = {}
         for name, source in files.items():
             target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             with target.open("rb") as handle:
                 os.fsync(handle.fileno())

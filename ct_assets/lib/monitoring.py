@@ -17,7 +17,6 @@ import polars as pl
 from ct_assets.lib.config import Config, DriftConfig
 from ct_assets.lib.detectors import page_hinkley_scan
 from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary
-from ct_assets.lib.evaluation import METRICS
 from ct_assets.lib.features import feature_schema
 
 REFERENCE_FILE = "reference_profile.json"
@@ -51,20 +50,35 @@ def _columns(config: Config) -> tuple[list[str], list[str]]:
     return columns, categorical
 
 
-def fit_profiles(frame: pl.DataFrame, config: Config) -> dict[str, Any]:
-    """Drift references of training rows: `{"all": profile, "segments": {value: profile}}`."""
+def fit_profiles(frame: pl.DataFrame, config: Config, labelled: pl.DataFrame | None = None
+                 ) -> dict[str, Any]:
+    """Drift references: `{"all": profile, "segments": {value: profile}}`.
+
+    Features are profiled on `frame`; the target on `labelled` when given (the reference rows
+    may be too recent to have their labels yet), else on `frame` too.
+    """
     from ct_assets.lib.drift import fit_reference
 
     columns, categorical = _columns(config)
-    data = frame.select(columns)
-    profiles: dict[str, Any] = {"all": fit_reference(data, categorical=categorical).to_dict(),
-                                "segments": {}}
+    target = config.dataset.target
+
+    def fit(rows: pl.DataFrame, labels: pl.DataFrame | None) -> dict[str, Any]:
+        if labels is None or target not in columns:
+            return fit_reference(rows.select(columns), categorical=categorical).to_dict()
+        profile = fit_reference(rows.select([c for c in columns if c != target]),
+                                categorical=categorical).to_dict()
+        profile["columns"] += fit_reference(labels.select(target),
+                                            categorical=categorical).to_dict()["columns"]
+        return profile
+
+    profiles: dict[str, Any] = {"all": fit(frame, labelled), "segments": {}}
     segment = config.dataset.segment
     if segment and segment in frame.columns:
         for (value,), part in frame.group_by(segment):
             if value is not None and part.height >= MIN_SEGMENT_ROWS:
-                profiles["segments"][str(value)] = fit_reference(
-                    part.select(columns), categorical=categorical).to_dict()
+                labels = (None if labelled is None
+                          else labelled.filter(pl.col(segment) == value))
+                profiles["segments"][str(value)] = fit(part, labels)
     return profiles
 
 
@@ -181,13 +195,16 @@ def _with_target_test(methods: str | dict[str, str], target: str | None
 
 def error_of(metrics: dict[str, float], config: Config) -> float:
     """The monitored error: the gate metric turned so that larger is worse."""
-    metric = config.gate.metric
+    metric = str(config.gate.metric)
     value = metrics.get(metric, math.nan)
-    higher_is_better = METRICS[config.dataset.task][metric]
-    return 1.0 - value if higher_is_better else value
+    return 1.0 - value if config.metric_higher_is_better else value
 
 
 def performance_alarm(errors: list[float], **params: Any) -> bool:
-    """Whether Page-Hinkley fires on the newest point of a per-partition error series."""
-    alarms = page_hinkley_scan(errors, **params)
+    """Whether Page-Hinkley fires on the newest point of a per-partition error series.
+
+    Only a rise of the error counts (mode `up`): a model getting better is no reason to
+    retrain it.
+    """
+    alarms = page_hinkley_scan(errors, **{"mode": "up", **params})
     return bool(alarms) and alarms[-1] == len(errors) - 1

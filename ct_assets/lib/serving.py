@@ -19,14 +19,19 @@ from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.training import TrainedModel, load_model
 
 
-def load_verified(store: ModelStore, version: str) -> tuple[TrainedModel, dict[str, Any]]:
+def load_verified(store: ModelStore, version: str, part: str | None = None
+                  ) -> tuple[TrainedModel, dict[str, Any]]:
     """Load a version after checking every file's sha256 against its manifest.
+
+    `part` names a model inside the version other than the deployable one (e.g. `evaluation`,
+    the model the gate judged on the holdout).
 
     Raises:
         ModelStoreError: a file is missing or modified (named in the message); nothing is loaded.
     """
     manifest = store.manifest(version)
-    return load_model(store.path(version)), manifest
+    directory = store.path(version) / part if part else store.path(version)
+    return load_model(directory), manifest
 
 
 def schema_problems(manifest: dict[str, Any], expected: dict[str, str]) -> list[str]:

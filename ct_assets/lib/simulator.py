@@ -181,12 +181,20 @@ def simulate_day(day: dt.date, rows: int, *, seed: int = 0,
 
 
 def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: int,
-               seed: int = 0, drift: DriftScenario = DriftScenario()) -> list[Path]:
+               seed: int = 0, drift: DriftScenario = DriftScenario(),
+               labels_dir: Path | None = None, label_delay: int = 0) -> list[Path]:
     """Write one Parquet file per day, `transactions_<YYYY-MM-DD>.parquet`, atomically.
 
     Each file is written under a hidden temporary name (`.<name>.<pid>.tmp`) in the same
     directory, fsynced, then renamed, so a reader never sees a half-written file under its
     final name.
+
+    With `labels_dir`, labels arrive later, as in production: the transaction files have no
+    `is_fraud` column, and each day d also lands `labels_<d>.parquet` in `labels_dir` holding
+    the labels of day d - `label_delay` (`transaction_id`, `is_fraud`, `known_at` = the
+    transaction's time + `label_delay` days). Labels of the last `label_delay` days are not
+    known yet, so they are not written; the next call writes them (days are deterministic).
+    Labels of a day before `start` whose transactions never landed are not written either.
 
     Args:
         landing_dir: Directory to write into; created if missing.
@@ -195,25 +203,48 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
         rows_per_day: Transactions per day.
         seed: Random seed, as for `simulate_day`.
         drift: The drift scenario, as for `simulate_day`.
+        labels_dir: Where label files land; None keeps the label in the transaction files.
+        label_delay: Days between a transaction and the arrival of its label.
 
     Returns:
-        The paths written, in day order.
+        The paths written, in day order (label files after the transaction file of their day).
     """
     landing_dir = Path(landing_dir)
-    landing_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for offset in range(days):
         day = start + dt.timedelta(days=offset)
         frame = simulate_day(day, rows_per_day, seed=seed, drift=drift)
-        final = landing_dir / f"transactions_{day.isoformat()}.parquet"
-        temporary = landing_dir / f".{final.name}.{os.getpid()}.tmp"
-        try:
-            with temporary.open("wb") as handle:
-                frame.write_parquet(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
-        written.append(final)
+        if labels_dir is None:
+            written.append(_write_atomic(frame, landing_dir / f"transactions_{day}.parquet"))
+            continue
+        written.append(_write_atomic(frame.drop(TARGET_COLUMN),
+                                     landing_dir / f"transactions_{day}.parquet"))
+        labelled_day = day - dt.timedelta(days=label_delay)
+        if labelled_day < start and not (landing_dir /
+                                         f"transactions_{labelled_day}.parquet").exists():
+            continue  # that day's transactions never landed: there is nothing to label
+        labelled = (frame if label_delay == 0
+                    else simulate_day(labelled_day, rows_per_day, seed=seed, drift=drift))
+        labels = labelled.select(
+            ID_COLUMN, TARGET_COLUMN,
+            (pl.col(TIMESTAMP_COLUMN) + dt.timedelta(days=label_delay)).alias(KNOWN_AT_COLUMN))
+        written.append(_write_atomic(labels, Path(labels_dir) / f"labels_{day}.parquet"))
     return written
+
+
+KNOWN_AT_COLUMN = "known_at"
+
+
+def _write_atomic(frame: pl.DataFrame, final: Path) -> Path:
+    """Write `frame` to `final` through a hidden temporary file, fsynced, then renamed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as handle:
+            frame.write_parquet(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return final

@@ -174,7 +174,8 @@ def _default_threads(rows: int) -> int:
 
 
 def _fit_lightgbm(x: np.ndarray, y: np.ndarray, specs: list[FeatureSpec], task: str,
-                  classes: list[Any] | None, params: dict[str, Any], seed: int
+                  classes: list[Any] | None, params: dict[str, Any], seed: int,
+                  weights: np.ndarray | None, fixed_rounds: int | None
                   ) -> tuple[Any, dict[str, Any]]:
     import lightgbm
 
@@ -188,9 +189,16 @@ def _fit_lightgbm(x: np.ndarray, y: np.ndarray, specs: list[FeatureSpec], task: 
     if task == "multiclass":
         settings["num_class"] = len(classes or [])
     categorical = [i for i, spec in enumerate(specs) if spec.type == "category"]
+    if fixed_rounds is not None:  # a refit on every row, with the rounds chosen before
+        every = lightgbm.Dataset(x, y, weight=weights, categorical_feature=categorical)
+        booster = lightgbm.train(settings, every, num_boost_round=max(1, fixed_rounds))
+        best = booster.current_iteration()
+        return booster, {"best_iteration": int(best),
+                         "importance": booster.feature_importance("gain").tolist()}
     split = inner_split_index(len(y))
-    train = lightgbm.Dataset(x[:split], y[:split], categorical_feature=categorical,
-                             free_raw_data=False)
+    train = lightgbm.Dataset(x[:split], y[:split],
+                             weight=None if weights is None else weights[:split],
+                             categorical_feature=categorical, free_raw_data=False)
     valid = lightgbm.Dataset(x[split:], y[split:], reference=train)
     booster = lightgbm.train(settings, train, num_boost_round=rounds, valid_sets=[valid],
                              callbacks=[lightgbm.early_stopping(patience, verbose=False)])
@@ -202,12 +210,15 @@ def _fit_lightgbm(x: np.ndarray, y: np.ndarray, specs: list[FeatureSpec], task: 
 
 
 def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpec], task: str,
-                 params: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+                 params: dict[str, Any], seed: int, weights: np.ndarray | None,
+                 fixed_rounds: int | None) -> tuple[Any, dict[str, Any]]:
     categorical = [spec.type == "category" and len(spec.categories or []) < 255
                    for spec in specs]
     # As for LightGBM, the newest rows (the inner split) are held out: early stopping and the
-    # operating threshold are chosen on rows the model never fitted.
-    split = inner_split_index(len(y))
+    # operating threshold are chosen on rows the model never fitted. A refit (`fixed_rounds`)
+    # fits every row instead, with the iterations chosen before.
+    split = len(y) if fixed_rounds is not None else inner_split_index(len(y))
+    fit_weights = None if weights is None else weights[:split]
     if kind == "sklearn_hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
@@ -216,8 +227,13 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
         settings = {"max_iter": 300, "learning_rate": 0.05, "early_stopping": True,
                     "n_iter_no_change": 30, **params, "random_state": seed,
                     "categorical_features": categorical or None}
-        estimator = estimator_class(**settings).fit(x[:split], y[:split], X_val=x[split:],
-                                                   y_val=y[split:])
+        if fixed_rounds is not None:
+            settings.update(max_iter=max(1, fixed_rounds), early_stopping=False)
+            estimator = estimator_class(**settings).fit(x, y, sample_weight=fit_weights)
+        else:
+            estimator = estimator_class(**settings).fit(
+                x[:split], y[:split], sample_weight=fit_weights, X_val=x[split:],
+                y_val=y[split:])
         return estimator, {"best_iteration": int(estimator.n_iter_), "importance": None}
     if task == "regression":
         raise ValueError("training.model: sklearn_logreg is a classifier; use lightgbm or "
@@ -238,18 +254,21 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
     ])
     settings = {"max_iter": 1000, "C": 1.0, **params, "random_state": seed}
     estimator = Pipeline([("prepare", prepare),
-                          ("model", LogisticRegression(**settings))]).fit(x[:split], y[:split])
+                          ("model", LogisticRegression(**settings))]).fit(
+        x[:split], y[:split], model__sample_weight=fit_weights)
     return estimator, {"best_iteration": None, "importance": None}
 
 
 def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, task: str,
-                kind: str = "lightgbm", params: dict[str, Any] | None = None, seed: int = 0
+                kind: str = "lightgbm", params: dict[str, Any] | None = None, seed: int = 0,
+                weights: np.ndarray | None = None, fixed_rounds: int | None = None
                 ) -> tuple[TrainedModel, dict[str, Any]]:
     """Fit a model on time-ordered training rows.
 
     Every model kind holds out the most recent `INNER_VALIDATION_SHARE` of these rows (the
     inner split: early stopping, the operating threshold, inner metrics); the caller's holdout
-    is never seen.
+    is never seen. With `fixed_rounds` (a refit), every row is fitted instead, for that many
+    boosting iterations (LightGBM, HGB; logistic regression ignores it), without early stopping.
 
     Args:
         train: training rows, oldest first, with the features of `schema` and `target`.
@@ -259,6 +278,8 @@ def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, tas
         kind: one of `MODEL_KINDS`.
         params: library parameters overriding the defaults.
         seed: random seed.
+        weights: per-row sample weights (None: every row weighs 1).
+        fixed_rounds: refit on every row with this many iterations.
 
     Returns:
         The model and training info: `seconds`, `best_iteration`, `top_features`.
@@ -274,10 +295,14 @@ def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, tas
     y, classes = encode_labels(train[target], task)
     if task != "regression" and len(np.unique(y)) < 2:
         raise ValueError(f"training set has a single class in {target!r}; cannot train")
+    if weights is not None and len(weights) != train.height:
+        raise ValueError(f"{len(weights)} sample weights for {train.height} rows")
     if kind == "lightgbm":
-        estimator, info = _fit_lightgbm(x, y, specs, task, classes, params or {}, seed)
+        estimator, info = _fit_lightgbm(x, y, specs, task, classes, params or {}, seed,
+                                        weights, fixed_rounds)
     else:
-        estimator, info = _fit_sklearn(kind, x, y, specs, task, params or {}, seed)
+        estimator, info = _fit_sklearn(kind, x, y, specs, task, params or {}, seed, weights,
+                                       fixed_rounds)
     importance = info.pop("importance")
     top = []
     if importance is not None:

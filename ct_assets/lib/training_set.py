@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
+import numpy as np
 import polars as pl
+
+from ct_assets.lib.config import Config
+from ct_assets.lib.features import offset_partitions
 
 SPLIT = "split"
 
@@ -64,3 +69,67 @@ def summarize(frame: pl.DataFrame, target: str, task: str, timestamp: str) -> di
                 info["classes"] = {str(k): int(v) for k, v in counts.iter_rows()}
         summary[split] = info
     return summary
+
+
+IN_REGIME = "in_regime"  # the row belongs to the current regime (from the last change point)
+REGIME_START = "regime_start"  # the first partition of the current regime (null: one regime)
+REGIME_KIND = "regime_kind"  # what changed: `concept` (performance fell) or `inputs` (drift)
+CONCEPT_OLD_SHARE = 0.1  # after a concept change, the old rows together weigh 10 % of the new
+MIN_REFERENCE_ROWS = 500  # fewer rows since a change point make too noisy a drift reference
+
+
+def training_cutoff(config: Config, as_of: dt.datetime) -> str:
+    """The first partition key training must not use, at time `as_of`.
+
+    The partition still open (the one `as_of` falls in) and the `triggers.label_delay`
+    partitions before it are left out: their labels are not all known yet. Partition keys of
+    one granularity sort in time order, so `key < cutoff` selects what training may use.
+    """
+    every, fmt = config.partitions.truncate_every, config.partitions.key_format
+    opened = pl.Series([as_of.astimezone(dt.UTC)]).dt.truncate(every).item()
+    return offset_partitions(config, opened, -config.triggers.label_delay).strftime(fmt)
+
+
+def regime_start(window_keys: list[str], *candidates: str | None) -> str | None:
+    """The first partition of the current regime inside the window, or None (one regime).
+
+    `candidates` are change points: the partition whose drift or performance failure launched
+    this retrain, and the regime start the champion was trained with. The earliest one inside
+    the window wins, so a retrain during a change that is still settling learns from every
+    partition since it began; one at or before the window's first partition means the whole
+    window is the current regime.
+    """
+    inside = [key for key in candidates if key and window_keys and key > window_keys[0]]
+    return min(inside) if inside else None
+
+
+def mark_regime(frame: pl.DataFrame, partition: str, start: str | None, kind: str | None = None
+                ) -> pl.DataFrame:
+    """`frame` with `in_regime`, `regime_start` and `regime_kind`.
+
+    `in_regime` marks rows at or after `start` (all when None); `regime_kind` is `concept`
+    after a performance failure, else `inputs`.
+    """
+    flag = pl.lit(True) if start is None else pl.col(partition) >= start
+    return frame.with_columns(flag.alias(IN_REGIME),
+                              pl.lit(start, dtype=pl.String).alias(REGIME_START),
+                              pl.lit(kind if start else None, dtype=pl.String).alias(REGIME_KIND))
+
+
+def regime_weights(in_regime: pl.Series, kind: str | None = None) -> np.ndarray | None:
+    """Sample weights that let the current regime count more than the rows before it.
+
+    Rows of the current regime weigh 1. After a change in the inputs (drift), the older rows
+    together weigh as much as the regime (each `min(1, regime rows / older rows)`): the old
+    relation between inputs and label still holds, there is just less of the new inputs. After
+    a change in the relation itself (`concept`: performance fell), the older rows together
+    weigh `CONCEPT_OLD_SHARE` of the regime: what they teach is now mostly wrong. None when
+    every row is in the current regime, or none is (nothing to emphasise).
+    """
+    recent = int(in_regime.sum())
+    older = in_regime.len() - recent
+    if recent == 0 or older == 0:
+        return None
+    share = CONCEPT_OLD_SHARE if kind == "concept" else 1.0
+    old_weight = min(1.0, share * recent / older)
+    return np.where(in_regime.to_numpy(), 1.0, old_weight)

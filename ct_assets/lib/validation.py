@@ -137,7 +137,8 @@ def validate_rows(
         problems.append(_problem(pl.col(name).is_not_null() & value.is_null(), "wrong_type",
                                  pl.format(f"{what} {name!r}: '{{}}' is not {types[name]}",
                                            _show(name))))
-        if not spec.nullable or name in (target, dataset.id):
+        # A null target is valid (its label may come later); a declared non-null one is not.
+        if not spec.nullable or name == dataset.id:
             problems.append(_problem(pl.col(name).is_null(), f"null_{what}",
                                      f"{what} {name!r} is null"))
         if types[name] == "float" and not spec.allow_non_finite:

@@ -127,3 +127,43 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects_garbage():
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("a week")
+
+
+REGRESSION_DATASET = {**FILES_DATASET, "task": "regression",
+                      "columns": {"ts": "timestamp", "x": "float", "label": "float"}}
+
+
+def test_metric_defaults_follow_the_task(tmp_path):
+    binary = config_from_dict({"dataset": FILES_DATASET}, base_dir=tmp_path)
+    assert (binary.gate.metric, binary.gate.min_value, binary.triggers.min_performance) == (
+        "roc_auc", 0.6, 0.7)
+    assert binary.metric_higher_is_better
+    regression = config_from_dict({"dataset": REGRESSION_DATASET}, base_dir=tmp_path)
+    assert (regression.gate.metric, regression.gate.min_value,
+            regression.triggers.min_performance) == ("rmse", None, None)
+    assert not regression.metric_higher_is_better
+    chosen = config_from_dict({"dataset": FILES_DATASET, "gate": {"metric": "log_loss"}},
+                              base_dir=tmp_path)
+    assert chosen.gate.min_value is None and chosen.triggers.min_performance is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"dataset": REGRESSION_DATASET}, None),
+    ({"dataset": FILES_DATASET, "gate": {"metric": "rmse"}},
+     "gate.metric: 'rmse' is not a binary metric"),
+    ({"dataset": REGRESSION_DATASET, "gate": {"metric": "roc_auc"}},
+     "gate.metric: 'roc_auc' is not a regression metric"),
+    ({"dataset": FILES_DATASET, "triggers": {"min_performance": 1.5}},
+     "triggers.min_performance: roc_auc lies in [0, 1], got 1.5"),
+    ({"dataset": REGRESSION_DATASET, "gate": {"min_value": -1}},
+     "gate.min_value: rmse is never negative, got -1"),
+    ({"dataset": {**REGRESSION_DATASET}, "gate": {"metric": "r2", "min_value": 2}},
+     "gate.min_value: r2 is at most 1, got 2"),
+])
+def test_metrics_and_bounds_are_validated_against_the_task(tmp_path, raw, expected):
+    if expected is None:
+        config_from_dict(raw, base_dir=tmp_path)
+        return
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, base_dir=tmp_path)
+    assert expected in str(error.value)

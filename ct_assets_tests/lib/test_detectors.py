@@ -60,3 +60,15 @@ def test_page_hinkley_state_round_trips_between_partitions():
     assert continuous.drift_detected == flags[-1]
     with pytest.raises(ValueError, match="mode"):
         PageHinkley(mode="sideways")
+
+
+def test_performance_alarm_fires_on_a_rising_error_never_on_an_improvement():
+    from ct_assets.lib.monitoring import performance_alarm
+
+    settings = {"min_instances": 5, "delta": 0.01, "threshold": 0.25}
+    steady = [0.08, 0.07, 0.09, 0.08, 0.07, 0.08, 0.09, 0.08]
+    assert not performance_alarm(steady, **settings)
+    assert performance_alarm([*steady, 0.4], **settings)  # fires on the partition that rose
+    better = [0.5, 0.48, 0.52, 0.5, 0.49, 0.5, 0.51, 0.05, 0.04]
+    assert not performance_alarm(better, **settings)
+    assert page_hinkley_scan(better, mode="both", **settings)  # a two-sided test would fire

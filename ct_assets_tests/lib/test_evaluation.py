@@ -168,13 +168,32 @@ def test_gate_first_model_needs_only_min_value():
     assert "first model" in decision.summary()
 
 
-def test_gate_below_min_value_is_rejected_even_when_better_than_champion():
+def test_gate_below_min_value_is_rejected_when_the_champion_is_above_it():
     first = gate(0.55, None)
     assert not first.approved
     assert "below gate.min_value 0.6" in first.reasons[0]
+    close = gate(0.595, 0.60)
+    assert not close.approved
+    assert len(close.reasons) == 1 and "min_value" in close.reasons[0]
+
+
+def test_gate_below_min_value_replaces_a_champion_below_it_too_and_says_so():
+    # A concept change sank both: keeping the champion would keep a model no better.
     better = gate(0.58, 0.50)
-    assert not better.approved
-    assert len(better.reasons) == 1 and "min_value" in better.reasons[0]
+    assert better.approved and better.reasons == []
+    assert better.notes == ["roc_auc 0.5800 is below gate.min_value 0.6, as is the champion's "
+                            "0.5000 on the same holdout"]
+    assert "as is the champion's" in better.summary()
+    worse = gate(0.40, 0.50)  # the regression rule still holds
+    assert not worse.approved and "max_regression" in worse.reasons[0]
+
+
+def test_gate_knows_lower_is_better_metrics():
+    assert gate(0.30, 0.32, metric="rmse", task="regression", min_value=None).approved
+    worse = gate(0.35, 0.32, metric="rmse", task="regression", min_value=None)
+    assert not worse.approved and "worse than the champion's 0.3200" in worse.reasons[0]
+    ceiling = gate(0.9, None, metric="log_loss", min_value=0.5)
+    assert not ceiling.approved and "above gate.min_value 0.5" in ceiling.reasons[0]
 
 
 def test_gate_nan_champion_is_treated_like_no_champion():

@@ -1,15 +1,21 @@
 import datetime as dt
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from ct_assets.lib.simulator import simulate_day
 from ct_assets.lib.training_set import (
+    CONCEPT_OLD_SHARE,
     SPLIT,
     choose_partitions,
     fingerprint,
     label_split,
+    mark_regime,
+    regime_start,
+    regime_weights,
     summarize,
+    training_cutoff,
 )
 
 KEYS = [f"2026-02-{day:02d}" for day in range(1, 9)]  # 8 daily partitions
@@ -183,3 +189,59 @@ def test_summarize_multiclass_and_regression_and_empty_split():
     assert regression["train"]["target_mean"] == pytest.approx(5.0)
     assert regression["train"]["target_std"] == pytest.approx(pl.Series([1.0, 3, 5, 7, 9]).std())
     assert "classes" not in regression["train"]
+
+
+# ------------------------------------------------------- maturity, regimes and their weights
+
+def _config(**sections):
+    from ct_assets.lib.config import config_from_dict
+
+    return config_from_dict({"dataset": {"source": "simulator"}, **sections},
+                            base_dir=Path("/tmp"))
+
+
+@pytest.mark.parametrize(("granularity", "delay", "now", "cutoff"), [
+    ("daily", 1, dt.datetime(2026, 3, 10, 15, tzinfo=dt.UTC), "2026-03-09"),
+    ("daily", 0, dt.datetime(2026, 3, 10, 0, tzinfo=dt.UTC), "2026-03-10"),
+    ("daily", 3, dt.datetime(2026, 3, 10, 23, 59, tzinfo=dt.UTC), "2026-03-07"),
+    ("weekly", 1, dt.datetime(2026, 3, 11, tzinfo=dt.UTC), "2026-03-02"),
+    ("hourly", 2, dt.datetime(2026, 3, 10, 5, 30, tzinfo=dt.UTC), "2026-03-10-03:00"),
+])
+def test_training_cutoff_leaves_out_the_open_partition_and_label_delay_more(
+        granularity, delay, now, cutoff):
+    config = _config(partitions={"granularity": granularity},
+                     triggers={"label_delay": delay})
+    assert training_cutoff(config, now) == cutoff
+
+
+def test_regime_start_is_the_earliest_change_inside_the_window():
+    window = [f"2026-01-{day:02d}" for day in range(1, 31)]
+    assert regime_start(window, None, None) is None
+    assert regime_start(window, "2026-01-25", None) == "2026-01-25"
+    assert regime_start(window, "2026-01-28", "2026-01-25") == "2026-01-25"  # same change
+    assert regime_start(window, "2026-01-28", "2025-12-20") == "2026-01-28"  # old one left
+    assert regime_start(window, "2026-01-01", None) is None  # the whole window is new
+    assert regime_start(window, "2026-02-03", None) == "2026-02-03"  # not labelled yet
+
+
+def test_regime_weights_balance_inputs_changes_and_mostly_forget_old_concepts():
+    in_regime = pl.Series([False] * 90 + [True] * 10)
+    inputs = regime_weights(in_regime, "inputs")
+    assert inputs[-10:].tolist() == [1.0] * 10
+    assert inputs[:90].sum() == pytest.approx(10)  # the old rows weigh as much as the new
+    concept = regime_weights(in_regime, "concept")
+    assert concept[:90].sum() == pytest.approx(10 * CONCEPT_OLD_SHARE)
+    assert regime_weights(pl.Series([True] * 5)) is None
+    assert regime_weights(pl.Series([False] * 5)) is None
+    few_old = regime_weights(pl.Series([False] * 2 + [True] * 10), "inputs")
+    assert few_old.tolist() == [1.0] * 12  # never more than 1
+
+
+def test_mark_regime_flags_rows_from_the_start_and_records_it():
+    frame = pl.DataFrame({"_partition": ["2026-01-01", "2026-01-02", "2026-01-03"]})
+    marked = mark_regime(frame, "_partition", "2026-01-02", "concept")
+    assert marked["in_regime"].to_list() == [False, True, True]
+    assert set(marked["regime_start"]) == {"2026-01-02"}
+    assert set(marked["regime_kind"]) == {"concept"}
+    whole = mark_regime(frame, "_partition", None, "inputs")
+    assert whole["in_regime"].all() and whole["regime_kind"].is_null().all()

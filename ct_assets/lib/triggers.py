@@ -1,0 +1,77 @@
+"""Retraining triggers: the cooldown between retrains (in partitions) and the trigger log.
+
+The log (`<storage>/trigger_log.jsonl`, one JSON object per line, appended) records every
+decision a retraining trigger took on an event — launched, or skipped and why — so `ct status`
+can say why a drift did not retrain, the same sentence the sensor's tick shows in the UI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ct_assets.lib.config import Config
+from ct_assets.lib.ingest import keys_between
+
+LOG_FILE = "trigger_log.jsonl"
+
+
+def partition_distance(config: Config, earlier: str, later: str) -> int:
+    """How many partitions `later` comes after `earlier` (negative when it comes before)."""
+    if later < earlier:
+        return -partition_distance(config, later, earlier)
+    return len(keys_between(config, earlier, later)) - 1
+
+
+def cooldown_reason(config: Config, partition: str, last_change: str | None) -> str | None:
+    """Why an event in `partition` may not retrain yet, or None when it may.
+
+    A retrain already answered a change at `last_change`; within `triggers.cooldown`
+    partitions of it (or before it) another event is taken as the same change settling, not a
+    new one, so the loop cannot thrash.
+    """
+    cooldown = config.triggers.cooldown
+    if last_change is None or cooldown == 0 or partition == "?":
+        return None
+    distance = partition_distance(config, last_change, partition)
+    if distance >= cooldown:
+        return None
+    return (f"cooldown: a retrain answered the change at {last_change}, {distance} "
+            f"partition(s) before {partition} (triggers.cooldown {cooldown})")
+
+
+class TriggerLog:
+    """The decisions of the retraining triggers, appended to a JSON-lines file."""
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.path = Path(storage_dir) / LOG_FILE
+
+    def record(self, trigger: str, decision: str, partition: str | None, detail: str) -> None:
+        """Append one decision (`launched` or `skipped`) with its partition and detail."""
+        entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                 "trigger": trigger, "decision": decision, "partition": partition,
+                 "detail": detail}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every recorded decision, oldest first (a torn last line is ignored)."""
+        if not self.path.exists():
+            return []
+        entries = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        return entries
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest decision of each trigger."""
+        return {entry["trigger"]: entry for entry in self.entries()}

@@ -1,0 +1,51 @@
+"""The cooldown between change-triggered retrains, and the trigger log `ct status` reads."""
+
+from pathlib import Path
+
+import pytest
+
+from ct_assets.lib.config import config_from_dict
+from ct_assets.lib.triggers import TriggerLog, cooldown_reason, partition_distance
+
+
+def make_config(cooldown: int = 3, granularity: str = "daily"):
+    return config_from_dict({"dataset": {"source": "simulator"},
+                             "partitions": {"granularity": granularity},
+                             "triggers": {"cooldown": cooldown}}, base_dir=Path("/tmp"))
+
+
+@pytest.mark.parametrize(("earlier", "later", "distance"), [
+    ("2026-01-30", "2026-02-02", 3), ("2026-02-02", "2026-01-30", -3),
+    ("2026-02-02", "2026-02-02", 0)])
+def test_partition_distance_counts_partitions(earlier, later, distance):
+    assert partition_distance(make_config(), earlier, later) == distance
+
+
+def test_cooldown_skips_events_within_cooldown_partitions_of_the_last_change():
+    config = make_config(cooldown=3)
+    assert cooldown_reason(config, "2026-02-01", None) is None
+    for later in ("2026-01-31", "2026-02-01", "2026-02-02"):
+        reason = cooldown_reason(config, later, "2026-01-31")
+        assert reason is not None and "triggers.cooldown 3" in reason
+    assert "2026-01-31" in cooldown_reason(config, "2026-02-02", "2026-01-31")
+    assert cooldown_reason(config, "2026-02-03", "2026-01-31") is None
+    assert cooldown_reason(config, "2026-01-20", "2026-01-31") is not None  # already answered
+    assert cooldown_reason(make_config(cooldown=0), "2026-01-31", "2026-01-31") is None
+
+
+def test_weekly_cooldown_counts_weeks():
+    config = make_config(cooldown=2, granularity="weekly")
+    assert cooldown_reason(config, "2026-01-12", "2026-01-05") is not None
+    assert cooldown_reason(config, "2026-01-19", "2026-01-05") is None
+
+
+def test_trigger_log_keeps_every_decision_and_the_latest_per_trigger(tmp_path):
+    log = TriggerLog(tmp_path)
+    assert log.entries() == [] and log.latest() == {}
+    log.record("drift_sensor", "launched", "2026-01-31", "drift failed for 2026-01-31")
+    log.record("drift_sensor", "skipped", "2026-02-01", "cooldown: …")
+    log.record("performance_sensor", "skipped", "2026-02-01", "cooldown: …")
+    with log.path.open("a", encoding="utf-8") as handle:
+        handle.write('{"torn')  # a writer killed mid-line loses only that line
+    assert [e["decision"] for e in log.entries()] == ["launched", "skipped", "skipped"]
+    assert log.latest()["drift_sensor"]["partition"] == "2026-02-01"

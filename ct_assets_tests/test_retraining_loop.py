@@ -1,0 +1,161 @@
+"""One retrain per change, on labels that arrive a day after their rows, through `ct run`.
+
+Each scenario is what a user does with the simulator: 30 clean days land (with their labels a
+day later, in separate label files), `ct run` trains the first model; then one day lands per day
+and `ct run` follows each. The history is built once and copied per scenario (the simulator
+leaves every day before a drift untouched, so the copies are exact).
+
+- covariate drift on day 30: exactly one drift retrain, whose model carries the drifted day as
+  its change point and a drift reference fitted on it (so the next drifted days pass);
+- concept drift on day 30 (no covariate signature): performance retrains, at most two, the first
+  one learning the new concept from the rows since the change;
+- no drift for 60 days: no drift or performance retrain at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from ct_assets import cli
+from ct_assets.lib.config import load_config
+from ct_assets.lib.model_store import ModelStore
+from ct_assets.lib.simulator import DriftScenario, write_days
+from ct_assets.lib.triggers import TriggerLog
+from ct_assets.lib.warehouse import Warehouse
+
+FIRST_DAY = dt.date(2026, 1, 1)
+HISTORY, AFTER, ROWS_PER_DAY = 30, 8, 2000
+CHANGE = FIRST_DAY + dt.timedelta(days=HISTORY)
+CONFIG = {
+    "dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
+    "partitions": {"start": FIRST_DAY.isoformat()},
+    "training": {"window": 30, "holdout": 5},
+    "triggers": {"label_delay": 1, "cooldown": 3},
+    "storage": {"dir": "data"},
+}
+
+
+def ct(config_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    """`ct --config <path> <args> --json`, in-process; its parsed output."""
+    capsys.readouterr()
+    code = cli.main(["--config", str(config_path), *args, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def land(config_path: Path, first: dt.date, days: int, drift: DriftScenario) -> None:
+    config = load_config(config_path)
+    write_days(config.landing_dir, start=first, days=days, rows_per_day=ROWS_PER_DAY,
+               drift=drift, labels_dir=config.labels_dir, label_delay=1)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project after 30 clean days (labels a day late) and `ct run`: the first model."""
+    root = tmp_path_factory.mktemp("history")
+    (root / "ct.yaml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    land(root / "ct.yaml", FIRST_DAY, HISTORY, DriftScenario())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(root / "data" / "dagster"))
+        assert cli.main(["--config", str(root / "ct.yaml"), "run", "--json"]) == 0
+    return root
+
+
+def follow(history: Path, target: Path, kind: str, days: int, per_run: int,
+           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copy the history, then land `days` more days, `per_run` at a time, `ct run` after each."""
+    shutil.copytree(history, target)
+    path = target / "ct.yaml"
+    monkeypatch.setenv("DAGSTER_HOME", str(target / "data" / "dagster"))
+    drift = DriftScenario(kind, CHANGE) if kind != "none" else DriftScenario()
+    for offset in range(0, days, per_run):
+        land(path, CHANGE + dt.timedelta(days=offset), min(per_run, days - offset), drift)
+        summary = ct(path, capsys, "run")
+        assert summary["failed_runs"] == 0, summary["runs"]
+    return path
+
+
+def retrains(path: Path) -> list[dict[str, Any]]:
+    """Every model version trained after the first, with its reason and gate verdict."""
+    store = ModelStore(load_config(path).models_dir)
+    versions = [store.describe(version) for version in store.versions()]
+    assert versions and versions[0]["reason"] == "initial"
+    return versions[1:]
+
+
+def realised(path: Path) -> pl.DataFrame:
+    """Realised ROC AUC per partition, with the model that scored it."""
+    return Warehouse(load_config(path).warehouse_path).query(
+        "SELECT _partition, model_version, roc_auc, rows FROM model_performance ORDER BY 1")
+
+
+def test_covariate_drift_gives_exactly_one_retrain(history, tmp_path, capsys, monkeypatch):
+    path = follow(history, tmp_path / "covariate", "covariate", AFTER, 1, capsys, monkeypatch)
+    done = retrains(path)
+    assert [v["reason"] for v in done] == ["drift"], [(v["reason"], v["change_point"])
+                                                        for v in done]
+    model = done[0]
+    assert model["change_point"] == CHANGE.isoformat()
+    assert model["decision"]["approved"]
+    # What it learned: every labelled partition up to the one before the change (labels of the
+    # drifted day come a day later), refitted on train + holdout.
+    refit = model["training_info"]["refit"]
+    assert refit["on"] == "train + holdout"
+    assert refit["partitions"][-1] == (CHANGE - dt.timedelta(days=1)).isoformat()
+    status = ct(path, capsys, "status")
+    assert status["deployed"]["version"] == model["version"]
+    assert status["deployed"]["reason"] == "drift"
+    # Its drift reference is the drifted regime, so the seven drifted days after it pass.
+    drift = Warehouse(load_config(path).warehouse_path).query(
+        "SELECT _partition, model_version, count(*) FILTER (drifted) AS drifted "
+        "FROM drift_report WHERE segment = 'all' AND _partition > ? GROUP BY ALL ORDER BY 1",
+        [CHANGE.isoformat()])
+    assert drift.height == AFTER - 1
+    assert set(drift["model_version"]) == {model["version"]}
+    assert drift["drifted"].max() <= 1
+    launched = [e for e in TriggerLog(path.parent / "data").entries()
+                if e["decision"] == "launched"]
+    assert [(e["trigger"], e["partition"]) for e in launched] == [
+        ("drift_sensor", CHANGE.isoformat())]
+
+
+def test_concept_drift_retrains_at_most_twice_and_learns_it(history, tmp_path, capsys,
+                                                            monkeypatch):
+    path = follow(history, tmp_path / "concept", "concept", AFTER, 1, capsys, monkeypatch)
+    done = retrains(path)
+    assert 1 <= len(done) <= 2, [(v["reason"], v["change_point"]) for v in done]
+    assert {v["reason"] for v in done} <= {"performance", "drift"}
+    first = done[0]
+    assert first["change_point"] == CHANGE.isoformat()
+    assert first["regime_start"] == CHANGE.isoformat() and first["regime_kind"] == "concept"
+    assert first["training_info"]["refit"]["on"] == "the rows since the change of concept"
+    # Realised performance: the old model fails on the new concept; the retrained one learned it.
+    performance = realised(path)
+    old = performance.filter(pl.col("_partition") == CHANGE.isoformat())
+    assert old["roc_auc"][0] < 0.5
+    learned = performance.filter(pl.col("model_version") == first["version"])
+    assert learned.height >= 2 and learned["roc_auc"].mean() > 0.65
+    # Every decision a trigger took is logged with its partition; skips say why.
+    entries = TriggerLog(path.parent / "data").entries()
+    assert all(e["partition"] for e in entries)
+    skipped = [e for e in entries if e["decision"] == "skipped"]
+    assert all(": " in e["detail"] for e in skipped)
+    status = ct(path, capsys, "status")
+    assert status["triggers"]["performance_sensor"]["trigger"] == "performance_sensor"
+
+
+def test_sixty_quiet_days_retrain_nothing(history, tmp_path, capsys, monkeypatch):
+    path = follow(history, tmp_path / "none", "none", 60 - HISTORY, 10, capsys, monkeypatch)
+    assert retrains(path) == []
+    performance = realised(path)
+    assert performance["_partition"].max() == (CHANGE + dt.timedelta(days=28)).isoformat()
+    assert TriggerLog(path.parent / "data").entries() == []
