@@ -240,6 +240,36 @@ def _record_deployment(config: Config, record: dict, outcome: str) -> None:
             dg.AssetMaterialization(asset_key="deployed_model", metadata=metadata))
 
 
+def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
+    """Replay the landed history through each retraining policy; print the policies table."""
+    from ct_assets.lib.backtest import backtest, chart_png, results_table
+    from ct_assets.lib.reports import text_table
+
+    policies = [name.strip() for name in args.policies.split(",")] if args.policies else None
+    results, replay = backtest(config, policies, every=args.every)
+    metric = str(config.gate.metric)
+    rows = results_table(results, metric)
+    keys = replay.history.keys
+    chart = Path(args.chart) if args.chart else None
+    if chart is not None:
+        chart.parent.mkdir(parents=True, exist_ok=True)
+        chart.write_bytes(chart_png(results, metric))
+    if args.json:
+        print(json.dumps({"metric": metric, "first_model_at": keys[replay.first],
+                          "partitions": [keys[replay.first + 1], keys[-1]],
+                          "policies": rows, "chart": str(chart) if chart else None,
+                          "measured": {r.policy: r.measured for r in results},
+                          "events": {r.policy: r.events for r in results}}, default=str))
+        return 0
+    print(f"{len(keys) - replay.first - 1} partitions replayed ({keys[replay.first + 1]} … "
+          f"{keys[-1]}) after a first model trained at the end of {keys[replay.first]}; "
+          f"realised {metric} per partition, scored before its labels were known")
+    print(text_table(rows, list(rows[0])))
+    if chart is not None:
+        print(f"chart: {chart}")
+    return 0
+
+
 def cmd_home(args: argparse.Namespace, config: Config) -> int:
     """Print the Dagster home of this project (created with its dagster.yaml)."""
     print(prepare_dagster_home(config))
@@ -291,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="VERSION", help="default: the previously deployed")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=cmd_rollback)
+
+    backtest = commands.add_parser(
+        "backtest", help="replay the landed history through retraining policies")
+    backtest.add_argument("--policies", help="comma-separated, from never, schedule, drift, "
+                                             "performance, drift+performance, online (all)")
+    backtest.add_argument("--every", type=int, default=7,
+                          help="partitions between two retrains of the schedule policy")
+    backtest.add_argument("--chart", metavar="PATH", help="write the chart (PNG) there")
+    backtest.add_argument("--json", action="store_true")
+    backtest.set_defaults(handler=cmd_backtest)
 
     home = commands.add_parser("home", help="print (and create) this project's DAGSTER_HOME")
     home.set_defaults(handler=cmd_home)

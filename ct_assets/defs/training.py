@@ -17,15 +17,13 @@ from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.monitoring import REFERENCE_FILE, fit_profiles, save_profiles
 from ct_assets.lib.training_set import (
     IN_REGIME,
-    MIN_REFERENCE_ROWS,
     REGIME_KIND,
     REGIME_START,
     SPLIT,
-    choose_partitions,
+    apply_plan,
+    choose_reference,
     fingerprint,
-    label_split,
-    mark_regime,
-    regime_start,
+    plan_training_set,
     summarize,
     training_cutoff,
 )
@@ -101,23 +99,20 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         """
         store = warehouse.get()
         cutoff = training_cutoff(config, dt.datetime.now(dt.UTC))
-        train_keys, holdout_keys = choose_partitions(
-            labelled_partitions(store, config, cutoff), training.window, training.holdout)
-        keys = [*train_keys, *holdout_keys]
-        placeholders = ", ".join("?" for _ in keys)
-        frame = labelled_features(store, config, f"{PARTITION} IN ({placeholders})", keys)
-        frame = frame.filter(pl.col(target).is_not_null())
-        change = context.run.tags.get(CHANGE_POINT_TAG)
-        inherited, inherited_kind = champion_regime(model_store.get())
-        start = regime_start(keys, change, inherited)
-        concept = context.run.tags.get(REASON_TAG) == "performance" or (
-            inherited_kind == "concept" and start == inherited)
-        frame = mark_regime(label_split(frame, PARTITION, holdout_keys), PARTITION, start,
-                            "concept" if concept else "inputs")
+        plan = plan_training_set(
+            labelled_partitions(store, config, cutoff), config, cutoff=cutoff,
+            change=context.run.tags.get(CHANGE_POINT_TAG),
+            reason=context.run.tags.get(REASON_TAG), inherited=champion_regime(model_store.get()))
+        placeholders = ", ".join("?" for _ in plan.keys)
+        frame = apply_plan(
+            labelled_features(store, config, f"{PARTITION} IN ({placeholders})", plan.keys),
+            plan, PARTITION, target)
         with store.connect() as connection:
             connection.register("incoming", frame.to_arrow())
             connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
-        reference, labelled, described = _reference_rows(store, frame, change or start)
+        recent = (labelled_features(store, config, f"{PARTITION} >= ?", [plan.reference_start])
+                  if plan.reference_start else None)
+        reference, labelled, described = choose_reference(recent, frame, target)
         version = fingerprint(frame)[:8] + fingerprint(reference)[:8]
         # The drift reference of what the model will be judged against next, fitted once and
         # reused for every partition the resulting model scores (it travels with the model).
@@ -130,30 +125,18 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
                 "data_version": version,
                 "train_rows": frame.filter(pl.col(SPLIT) == "train").height,
                 "holdout_rows": frame.filter(pl.col(SPLIT) == "holdout").height,
-                "train_partitions": f"{train_keys[0]} … {train_keys[-1]} ({len(train_keys)})",
-                "holdout_partitions": f"{holdout_keys[0]} … {holdout_keys[-1]} "
-                                      f"({len(holdout_keys)})",
+                "train_partitions": f"{plan.train_keys[0]} … {plan.train_keys[-1]} "
+                                    f"({len(plan.train_keys)})",
+                "holdout_partitions": f"{plan.holdout_keys[0]} … {plan.holdout_keys[-1]} "
+                                      f"({len(plan.holdout_keys)})",
                 "cutoff": f"partitions before {cutoff} (open partition and label_delay "
                           f"{config.triggers.label_delay} left out)",
-                "regime_start": start or "none",
+                "regime_start": plan.regime_start or "none",
                 "regime_rows": int(frame[IN_REGIME].sum()),
                 "drift_reference": described,
                 "summary": dg.MetadataValue.json(summary),
             },
         )
-
-    def _reference_rows(store: Warehouse, frame: pl.DataFrame, start: str | None
-                        ) -> tuple[pl.DataFrame, pl.DataFrame | None, str]:
-        """The drift reference rows, the labelled rows for the target, and a description."""
-        if start is not None:
-            recent = labelled_features(store, config, f"{PARTITION} >= ?", [start])
-            if recent.height >= MIN_REFERENCE_ROWS:
-                known = recent.filter(pl.col(target).is_not_null())
-                labelled = known if known.height >= MIN_REFERENCE_ROWS else frame
-                last = recent[PARTITION].max()
-                return recent, labelled, (f"{recent.height} rows of {start} … {last}, since the "
-                                          f"change (target: {labelled.height} labelled rows)")
-        return frame, None, f"the {frame.height} training + holdout rows"
 
     @dg.asset(deps=[training_set], group_name="training", kinds={"lightgbm", "duckdb"},
               pool="duckdb")

@@ -9,21 +9,19 @@ import polars as pl
 
 from ct_assets.defs.metadata import latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
-from ct_assets.lib.candidate import EVALUATION_DIR
+from ct_assets.lib.candidate import EVALUATION_DIR, judge_candidate
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import (
     OPERATING_THRESHOLD,
     bootstrap_interval,
     calibration_table,
-    compute_metrics,
-    decide_gate,
     slice_metrics,
 )
 from ct_assets.lib.features import feature_schema
 from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
-from ct_assets.lib.training import SPEC_FILE, encode_labels
+from ct_assets.lib.training import SPEC_FILE
 from ct_assets.lib.training_set import SPLIT
 
 CANARY_ROWS = 256
@@ -62,38 +60,28 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         holdout = warehouse.get().query(
             f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
             f"ORDER BY \"{dataset.timestamp}\"")
-        y, _ = encode_labels(holdout[target], task, candidate.classes)
-        notes: list[str] = []
-        unseen = y < 0 if task == "multiclass" else np.zeros(len(y), dtype=bool)
-        if unseen.any():
-            notes.append(f"{int(unseen.sum())} holdout rows have a class the candidate never "
-                         "saw in training; they are left out of the metrics")
-            holdout, y = holdout.filter(pl.Series(~unseen)), y[~unseen]
-        scores = {"candidate": candidate.predict(holdout)}
-        thresholds = {"candidate": _threshold(manifest)}
-        champion = store.deployed()
-        if champion:
-            try:
-                model, champion_manifest = load_verified(
-                    store, champion["version"],
-                    evaluated_part(manifest_of(store, champion["version"])))
-                scores["champion"] = model.predict(holdout)
-                thresholds["champion"] = _threshold(champion_manifest)
-            except (ModelStoreError, OSError, ValueError, KeyError) as error:
-                notes.append(f"champion {champion['version']} could not be scored, so the "
-                             f"candidate is judged on gate.min_value alone: {error}")
-        metrics = {role: compute_metrics(y, values, task, thresholds[role])
-                   for role, values in scores.items()}
         # The deployable (refitted) model must match serving's schema and reproduce its own
         # scores when loaded from disk in a fresh process.
         problems = schema_problems(manifest, feature_schema(config))
         deployable, _ = load_verified(store, version)
         canary = holdout.head(CANARY_ROWS)
         problems += canary_problems(store, version, canary, deployable.predict(canary))
-        decision = decide_gate(
-            task=task, metric=gate.metric, candidate=metrics["candidate"][gate.metric],
-            champion=metrics.get("champion", {}).get(gate.metric), min_value=gate.min_value,
-            max_regression=gate.max_regression, problems=problems)
+        champion = store.deployed()
+        champion_model, champion_threshold, unscored = None, None, []
+        if champion:
+            try:
+                champion_model, champion_manifest = load_verified(
+                    store, champion["version"],
+                    evaluated_part(manifest_of(store, champion["version"])))
+                champion_threshold = _threshold(champion_manifest)
+            except (ModelStoreError, OSError, ValueError, KeyError) as error:
+                unscored.append(f"champion {champion['version']} could not be scored, so the "
+                                f"candidate is judged on gate.min_value alone: {error}")
+        judged = judge_candidate(holdout, candidate, _threshold(manifest), champion_model,
+                                 champion_threshold, config, problems)
+        decision, y, scores, metrics = judged.decision, judged.y, judged.scores, judged.metrics
+        holdout, notes = judged.holdout, unscored + judged.notes
+        thresholds = {"candidate": _threshold(manifest), "champion": champion_threshold}
         intervals = {role: bootstrap_interval(y, values, task, gate.metric,
                                               seed=config.training.seed)
                      for role, values in scores.items()}

@@ -13,10 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from ct_assets.lib.config import Config
-from ct_assets.lib.evaluation import OPERATING_THRESHOLD, best_f1_threshold, compute_metrics
+from ct_assets.lib.evaluation import (
+    OPERATING_THRESHOLD,
+    GateDecision,
+    best_f1_threshold,
+    compute_metrics,
+    decide_gate,
+)
 from ct_assets.lib.features import feature_schema
 from ct_assets.lib.training import TrainedModel, encode_labels, inner_split_index, train_model
 from ct_assets.lib.training_set import IN_REGIME, REGIME_KIND, SPLIT, regime_weights
@@ -105,3 +112,47 @@ def fit_candidate(frame: pl.DataFrame, config: Config) -> Candidate:
     info["train_weights"] = _weight_note(train_weights, train[IN_REGIME])
     info["top_features"] = final_info["top_features"] or info["top_features"]
     return Candidate(evaluation, final, threshold, inner_metrics, info)
+
+
+@dataclass
+class Judgement:
+    """Candidate and champion on the same holdout, and the gate's decision."""
+
+    decision: GateDecision
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, float]]
+    holdout: pl.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def judge_candidate(holdout: pl.DataFrame, candidate: TrainedModel,
+                    candidate_threshold: float | None, champion: TrainedModel | None,
+                    champion_threshold: float | None, config: Config,
+                    problems: list[str] | None = None) -> Judgement:
+    """Score candidate and champion on the same holdout and apply the gate.
+
+    Both should be models that never saw the holdout (evaluation models). Multiclass holdout
+    rows of a class the candidate never saw are left out, and said so in `notes`.
+    """
+    dataset, gate = config.dataset, config.gate
+    task, metric = dataset.task, str(gate.metric)
+    y, _ = encode_labels(holdout[str(dataset.target)], task, candidate.classes)
+    notes: list[str] = []
+    unseen = y < 0 if task == "multiclass" else np.zeros(len(y), dtype=bool)
+    if unseen.any():
+        notes.append(f"{int(unseen.sum())} holdout rows have a class the candidate never "
+                     "saw in training; they are left out of the metrics")
+        holdout, y = holdout.filter(pl.Series(~unseen)), y[~unseen]
+    scores = {"candidate": candidate.predict(holdout)}
+    thresholds = {"candidate": candidate_threshold or OPERATING_THRESHOLD}
+    if champion is not None:
+        scores["champion"] = champion.predict(holdout)
+        thresholds["champion"] = champion_threshold or OPERATING_THRESHOLD
+    metrics = {role: compute_metrics(y, values, task, thresholds[role])
+               for role, values in scores.items()}
+    decision = decide_gate(
+        task=task, metric=metric, candidate=metrics["candidate"][metric],
+        champion=metrics.get("champion", {}).get(metric), min_value=gate.min_value,
+        max_regression=gate.max_regression, problems=problems)
+    return Judgement(decision, y, scores, metrics, holdout, notes + decision.notes)

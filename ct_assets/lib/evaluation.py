@@ -13,7 +13,7 @@ import polars as pl
 # Metric name → whether larger is better. The gate metric must be one of these for its task.
 METRICS: dict[str, dict[str, bool]] = {
     "binary": {"roc_auc": True, "pr_auc": True, "log_loss": False, "brier": False,
-               "precision": True, "recall": True, "f1": True},
+               "precision": True, "recall": True, "f1": True, "accuracy": True},
     "multiclass": {"accuracy": True, "macro_f1": True, "log_loss": False},
     "regression": {"rmse": False, "mae": False, "r2": True},
 }
@@ -53,6 +53,7 @@ def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str,
         precision=float(metrics.precision_score(y, predicted, zero_division=0)),
         recall=float(metrics.recall_score(y, predicted, zero_division=0)),
         f1=float(metrics.f1_score(y, predicted, zero_division=0)),
+        accuracy=float(np.mean(predicted == y)),
     )
     return result
 

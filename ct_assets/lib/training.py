@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-MODEL_KINDS = ("lightgbm", "sklearn_hgb", "sklearn_logreg")
+MODEL_KINDS = ("lightgbm", "sklearn_hgb", "sklearn_logreg", "sklearn_sgd")
 TASKS = ("binary", "multiclass", "regression")
 LIGHTGBM_FILE = "model.txt"
 SKOPS_FILE = "model.skops"
@@ -235,7 +235,7 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
                 x[:split], y[:split], sample_weight=fit_weights, X_val=x[split:],
                 y_val=y[split:])
         return estimator, {"best_iteration": int(estimator.n_iter_), "importance": None}
-    if task == "regression":
+    if kind == "sklearn_logreg" and task == "regression":
         raise ValueError("training.model: sklearn_logreg is a classifier; use lightgbm or "
                          "sklearn_hgb for a regression task")
     from sklearn.compose import ColumnTransformer
@@ -252,11 +252,41 @@ def _fit_sklearn(kind: str, x: np.ndarray, y: np.ndarray, specs: list[FeatureSpe
         ("nominal", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=-1)),
                               ("onehot", OneHotEncoder(handle_unknown="ignore"))]), nominal),
     ])
+    if kind == "sklearn_sgd":
+        return _fit_sgd(prepare, x[:split], y[:split], task, params, seed, fit_weights,
+                        fixed_rounds)
     settings = {"max_iter": 1000, "C": 1.0, **params, "random_state": seed}
     estimator = Pipeline([("prepare", prepare),
                           ("model", LogisticRegression(**settings))]).fit(
         x[:split], y[:split], model__sample_weight=fit_weights)
     return estimator, {"best_iteration": None, "importance": None}
+
+
+def _fit_sgd(prepare: Any, x: np.ndarray, y: np.ndarray, task: str, params: dict[str, Any],
+             seed: int, weights: np.ndarray | None, fixed_rounds: int | None
+             ) -> tuple[Any, dict[str, Any]]:
+    """A linear model learned by SGD, behind the same preprocessing as logistic regression.
+
+    The Pipeline's preprocessing (impute, scale, one-hot) is fitted here, once; later updates
+    (`ct_assets.lib.online.continue_model`) only transform through it and `partial_fit` the
+    final `SGDClassifier` (log loss, so it gives probabilities) or `SGDRegressor`. Iterations
+    are epochs: the first fit stops when the training loss stops improving (scikit-learn's
+    `tol`) and reports the epochs run as `best_iteration`; a refit (`fixed_rounds`) runs exactly
+    that many epochs over every row.
+    """
+    from sklearn.linear_model import SGDClassifier, SGDRegressor
+    from sklearn.pipeline import Pipeline
+
+    if task == "regression":
+        model = SGDRegressor(**{"alpha": 1e-4, "max_iter": 1000, **params, "random_state": seed})
+    else:
+        model = SGDClassifier(**{"alpha": 1e-4, "max_iter": 1000, **params,
+                                 "loss": "log_loss", "random_state": seed})
+    if fixed_rounds is not None:
+        model.set_params(max_iter=max(1, fixed_rounds), tol=None)
+    estimator = Pipeline([("prepare", prepare), ("model", model)]).fit(
+        x, y, model__sample_weight=weights)
+    return estimator, {"best_iteration": int(model.n_iter_), "importance": None}
 
 
 def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, task: str,
@@ -268,7 +298,8 @@ def train_model(train: pl.DataFrame, *, schema: dict[str, str], target: str, tas
     Every model kind holds out the most recent `INNER_VALIDATION_SHARE` of these rows (the
     inner split: early stopping, the operating threshold, inner metrics); the caller's holdout
     is never seen. With `fixed_rounds` (a refit), every row is fitted instead, for that many
-    boosting iterations (LightGBM, HGB; logistic regression ignores it), without early stopping.
+    boosting iterations (LightGBM, HGB; logistic regression ignores it; SGD runs that many
+    epochs), without early stopping.
 
     Args:
         train: training rows, oldest first, with the features of `schema` and `target`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -133,3 +134,90 @@ def regime_weights(in_regime: pl.Series, kind: str | None = None) -> np.ndarray 
     share = CONCEPT_OLD_SHARE if kind == "concept" else 1.0
     old_weight = min(1.0, share * recent / older)
     return np.where(in_regime.to_numpy(), 1.0, old_weight)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Which partitions a retrain trains and validates on, and the regime it emphasises.
+
+    Attributes:
+        train_keys: partitions of the training split, oldest first.
+        holdout_keys: the most recent partitions, validated on.
+        cutoff: the first partition training may not use (open or labels not mature).
+        regime_start: first partition of the current regime inside the window, or None.
+        regime_kind: `concept` (performance fell) or `inputs` (drift); None without a regime.
+        reference_start: first partition of the drift reference (the change this retrain
+            answers, else the regime start); None: the training rows are the reference.
+    """
+
+    train_keys: list[str]
+    holdout_keys: list[str]
+    cutoff: str
+    regime_start: str | None
+    regime_kind: str | None
+    reference_start: str | None
+
+    @property
+    def keys(self) -> list[str]:
+        """Every partition of the training set."""
+        return [*self.train_keys, *self.holdout_keys]
+
+
+def plan_training_set(available: list[str], config: Config, *, cutoff: str,
+                      change: str | None = None, reason: str | None = None,
+                      inherited: tuple[str | None, str | None] = (None, None)) -> TrainingPlan:
+    """Plan a retrain: window, holdout and regime, from the labelled partitions `available`.
+
+    Args:
+        available: partitions holding labelled rows.
+        config: the project configuration (`training.window`, `training.holdout`).
+        cutoff: the first partition training may not use (`training_cutoff`).
+        change: the partition whose failure launched this retrain (drift, performance).
+        reason: why it was launched; `performance` means the concept changed.
+        inherited: the champion's regime start and kind.
+
+    Raises:
+        ValueError: fewer than `training.holdout + 1` usable partitions.
+    """
+    train_keys, holdout_keys = choose_partitions(
+        [key for key in available if key < cutoff], config.training.window,
+        config.training.holdout)
+    keys = [*train_keys, *holdout_keys]
+    start = regime_start(keys, change, inherited[0])
+    concept = reason == "performance" or (inherited[1] == "concept" and start == inherited[0])
+    return TrainingPlan(train_keys, holdout_keys, cutoff, start,
+                        ("concept" if concept else "inputs") if start else None,
+                        change or start)
+
+
+def apply_plan(frame: pl.DataFrame, plan: TrainingPlan, partition: str, target: str
+               ) -> pl.DataFrame:
+    """The training set: labelled rows of the plan's partitions, with `split` and the regime."""
+    rows = frame.filter(pl.col(partition).is_in(plan.keys) & pl.col(target).is_not_null())
+    return mark_regime(label_split(rows, partition, plan.holdout_keys), partition,
+                       plan.regime_start, plan.regime_kind)
+
+
+def choose_reference(recent: pl.DataFrame | None, frame: pl.DataFrame, target: str
+                     ) -> tuple[pl.DataFrame, pl.DataFrame | None, str]:
+    """The drift reference: the rows since the change, or else the training set.
+
+    The rows since the change are used when there are at least `MIN_REFERENCE_ROWS` of them;
+    otherwise train + holdout, what the deployed model learns.
+
+    Args:
+        recent: rows (labelled or not) from the plan's `reference_start` to the newest landed.
+        frame: the training set.
+        target: the label column.
+
+    Returns:
+        The reference rows, the labelled rows to profile the target on (None: the reference
+        itself), and a sentence saying which.
+    """
+    if recent is not None and recent.height >= MIN_REFERENCE_ROWS:
+        known = recent.filter(pl.col(target).is_not_null())
+        labelled = known if known.height >= MIN_REFERENCE_ROWS else frame
+        first, last = recent["_partition"].min(), recent["_partition"].max()
+        return recent, labelled, (f"{recent.height} rows of {first} … {last}, since the change "
+                                  f"(target: {labelled.height} labelled rows)")
+    return frame, None, f"the {frame.height} training + holdout rows"
