@@ -14,6 +14,7 @@ from ct_assets.defs.automation import (
     build_retrain_schedule,
 )
 from ct_assets.defs.deployment import build_deployment_assets
+from ct_assets.defs.evaluation import build_evaluation_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
 from ct_assets.defs.labels import build_label_assets
@@ -40,6 +41,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         *build_validation_assets(config),
         *build_deployment_assets(config, partitions_def),
         *build_monitoring_assets(config, partitions_def),
+        *build_evaluation_assets(config),
     ]
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),

@@ -42,7 +42,10 @@ def run_demo(config: Config, *, history_days: int = 30, drifted_days: int = 10,
                          **labels)
     second = run_pipeline(config, progress=progress)
     out += [text_table(second["runs"], ["job", "what", "success", "seconds"]), "",
-            "3. timeline", text_table(timeline(config, drift_day), TIMELINE_COLUMNS), "",
+            "3. timeline (metric: the realised "
+            f"{config.gate.metric} of each day's predictions, measured once its labels are "
+            f"known: {_label_note(config)})",
+            text_table(timeline(config, drift_day), TIMELINE_COLUMNS), "",
             "4. models", text_table(model_history(config), MODEL_COLUMNS)]
     return "\n".join(out)
 
@@ -109,6 +112,14 @@ def model_history(config: Config) -> list[dict]:
                      "holdout_after": _round(decision.get("candidate_value")),
                      "status": store.status(record["version"])})
     return rows
+
+
+def _label_note(config: Config) -> str:
+    delay = config.triggers.label_delay
+    if config.dataset.labels is not None:
+        return (f"they land {delay} day(s) after their rows, in {config.labels_dir}, so the "
+                f"newest {delay} day(s) were scored before any label existed")
+    return f"labels come with the rows and count as known {delay} day(s) later"
 
 
 def _round(value: float | None) -> float | None:

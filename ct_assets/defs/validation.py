@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ct_assets.defs.metadata import latest_metadata
+from ct_assets.defs.metadata import CHANGE_POINT_TAG, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.candidate import EVALUATION_DIR, judge_candidate
 from ct_assets.lib.config import Config
@@ -78,7 +78,8 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
                 unscored.append(f"champion {champion['version']} could not be scored, so the "
                                 f"candidate is judged on gate.min_value alone: {error}")
         judged = judge_candidate(holdout, candidate, _threshold(manifest), champion_model,
-                                 champion_threshold, config, problems)
+                                 champion_threshold, config, problems,
+                                 after_change=CHANGE_POINT_TAG in context.run.tags)
         decision, y, scores, metrics = judged.decision, judged.y, judged.scores, judged.metrics
         holdout, notes = judged.holdout, unscored + judged.notes
         thresholds = {"candidate": _threshold(manifest), "champion": champion_threshold}

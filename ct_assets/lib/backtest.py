@@ -146,9 +146,13 @@ class Replay:
         """Rows of one partition (empty frame when none landed)."""
         return self.by_key.get((key,), self.history.rows.head(0))
 
-    def known_by(self, key: str) -> pl.DataFrame:
-        """Every row up to `key`, its label kept only where known by the end of `key`."""
-        rows = self.history.rows.filter(pl.col(PARTITION) <= key)
+    def known_by(self, key: str, rows: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Rows up to `key` (or `rows`), each label kept only where known by the end of `key`.
+
+        Nothing a policy sees at a step may hold a label from its future.
+        """
+        if rows is None:
+            rows = self.history.rows.filter(pl.col(PARTITION) <= key)
         return rows.with_columns(pl.when(pl.col(KNOWN) <= key).then(pl.col(self.target))
                                  .alias(self.target))
 
@@ -171,7 +175,8 @@ class Replay:
         judged = judge_candidate(frame.filter(pl.col("split") == "holdout"),
                                  candidate.evaluation, candidate.threshold,
                                  deployed.evaluation if deployed else None,
-                                 deployed.threshold if deployed else None, config)
+                                 deployed.threshold if deployed else None, config,
+                                 after_change=change is not None)
         if not judged.decision.approved:
             return deployed, False
         recent = (rows.filter(pl.col(PARTITION) >= plan.reference_start)
@@ -210,7 +215,7 @@ class Replay:
         began = time.perf_counter()
         for step in range(self.first + 1, len(keys)):
             key = keys[step]
-            rows = self.part(key)
+            rows = self.known_by(key, self.part(key))
             if rows.height:
                 scored[key] = (deployed, deployed.model.predict(rows))
             events: list[tuple[str, str]] = []
@@ -292,7 +297,7 @@ class Replay:
             decision = decide_gate(task=task, metric=self.metric, candidate=values["candidate"],
                                    champion=values["champion"],
                                    min_value=config.gate.min_value,
-                                   max_regression=config.gate.max_regression)
+                                   max_regression=config.gate.max_regression, after_change=True)
             if decision.approved:
                 deployed = pending
                 result.retrains["online"] += 1

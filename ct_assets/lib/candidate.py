@@ -129,11 +129,13 @@ class Judgement:
 def judge_candidate(holdout: pl.DataFrame, candidate: TrainedModel,
                     candidate_threshold: float | None, champion: TrainedModel | None,
                     champion_threshold: float | None, config: Config,
-                    problems: list[str] | None = None) -> Judgement:
+                    problems: list[str] | None = None, after_change: bool = False
+                    ) -> Judgement:
     """Score candidate and champion on the same holdout and apply the gate.
 
     Both should be models that never saw the holdout (evaluation models). Multiclass holdout
     rows of a class the candidate never saw are left out, and said so in `notes`.
+    `after_change`: the retrain answers a detected change (see `decide_gate`).
     """
     dataset, gate = config.dataset, config.gate
     task, metric = dataset.task, str(gate.metric)
@@ -154,5 +156,5 @@ def judge_candidate(holdout: pl.DataFrame, candidate: TrainedModel,
     decision = decide_gate(
         task=task, metric=metric, candidate=metrics["candidate"][metric],
         champion=metrics.get("champion", {}).get(metric), min_value=gate.min_value,
-        max_regression=gate.max_regression, problems=problems)
+        max_regression=gate.max_regression, problems=problems, after_change=after_change)
     return Judgement(decision, y, scores, metrics, holdout, notes + decision.notes)

@@ -149,15 +149,17 @@ class GateDecision:
 
 def decide_gate(*, task: str, metric: str, candidate: float, champion: float | None,
                 min_value: float | None, max_regression: float,
-                problems: list[str] | None = None) -> GateDecision:
+                problems: list[str] | None = None, after_change: bool = False
+                ) -> GateDecision:
     """Apply the gate to a candidate's metric on the shared holdout.
 
     Passes when the metric is finite, not on the bad side of `min_value` (below it when higher
     is better, above it for rmse, log_loss …; None: no bound), and not worse than the
     champion's by more than `max_regression` (no champion: the first model needs only
-    `min_value`). When the champion is on the bad side of `min_value` too, on the same holdout,
-    `min_value` does not refuse the candidate (it is noted): the candidate replaces a model
-    that is no better.
+    `min_value`). For a retrain that answers a detected change (`after_change`), when the
+    champion is on the bad side of `min_value` too, on the same holdout, `min_value` does not
+    refuse the candidate (it is noted): the world changed under both, and the candidate
+    replaces a model that is no better.
     `problems` are other failures (schema mismatch, artifact not reproducible) that reject on
     their own.
     """
@@ -176,7 +178,8 @@ def decide_gate(*, task: str, metric: str, candidate: float, champion: float | N
     else:
         side = "below" if higher else "above"
         if bad(candidate):
-            if champion is not None and math.isfinite(champion) and bad(champion):
+            if after_change and champion is not None and math.isfinite(champion) \
+                    and bad(champion):
                 # The world changed under both (e.g. a concept drift): refusing would keep a
                 # champion that is no better; the regression rule below still applies.
                 notes.append(f"{metric} {candidate:.4f} is {side} gate.min_value {min_value}, "

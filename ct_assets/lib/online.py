@@ -185,7 +185,8 @@ def continue_model(model: TrainedModel, frame: pl.DataFrame, *, target: str, tas
     `params` do not apply to it (its hyperparameters are the trained estimator's). Both keep
     the model's feature encoding and classes: rows without a label, or of a class the model
     does not know, are left out and counted. Without any row left, the result is an unchanged
-    copy.
+    copy. LightGBM stops adding rounds once no tree can split: rows of a single class (binary)
+    teach it nothing, and `rounds_added` is then 0.
 
     Args:
         model: a `lightgbm` or `sklearn_sgd` model.

@@ -34,8 +34,20 @@ EXPECTED_GRAPH = {
                      "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
     "model_performance": {"group": "monitoring", "deps": {"predictions", "raw_events"},
                           "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
+    "policy_backtest": {"group": "evaluation", "deps": set(), "kinds": {"duckdb", "matplotlib"},
+                        "pool": "duckdb", "partitioned": False},
 }
 EAGER = {"features", "predictions", "drift_report", "model_performance"}
+# With labels landing apart (`dataset.labels`), the `labels` asset feeds training and
+# performance monitoring in place of the rows' own target.
+LABELS_GRAPH = {
+    **EXPECTED_GRAPH,
+    "labels": {"group": "ingestion", "deps": {"raw_events"}, "kinds": {"duckdb", "polars"},
+               "pool": "duckdb", "partitioned": True},
+    "training_set": {**EXPECTED_GRAPH["training_set"], "deps": {"features", "labels"}},
+    "model_performance": {**EXPECTED_GRAPH["model_performance"],
+                          "deps": {"predictions", "labels"}},
+}
 
 
 def test_project_definitions_load_from_the_repository_config(monkeypatch):
@@ -47,8 +59,11 @@ def test_project_definitions_load_from_the_repository_config(monkeypatch):
         "raw_events", "features"}
 
 
-def test_graph_snapshot(tmp_path):
-    config = config_from_dict({"dataset": {"source": "simulator"}}, base_dir=tmp_path)
+@pytest.mark.parametrize(("dataset", "expected"), [
+    ({"source": "simulator"}, EXPECTED_GRAPH),
+    ({"source": "simulator", "labels": {"landing_dir": "labels"}}, LABELS_GRAPH)])
+def test_graph_snapshot(tmp_path, dataset, expected):
+    config = config_from_dict({"dataset": dataset}, base_dir=tmp_path)
     graph = build_definitions(config).resolve_asset_graph()
     snapshot = {}
     for key in graph.get_all_asset_keys():
@@ -64,7 +79,7 @@ def test_graph_snapshot(tmp_path):
         assert assets_def.descriptions_by_key[key], f"{key} has no description"
         eager = node.automation_condition is not None
         assert eager == (key.to_user_string() in EAGER), key
-    assert snapshot == EXPECTED_GRAPH
+    assert snapshot == expected
 
 
 def test_sensors_and_schedule_defaults(tmp_path):

@@ -208,7 +208,7 @@ def test_messy_landing_dir_ingests_exactly_the_good_rows_and_quarantines_the_res
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert isinstance(listed, list)
-    assert listed == json.loads(json.dumps(entries, default=str))
+    assert listed == json.loads(json.dumps([{**e, "kind": "rows"} for e in entries], default=str))
     assert set(whole_files(listed)) == set(EXPECTED_BAD_FILES)
     assert row_entries(listed) == EXPECTED_ROW_ENTRIES
 
@@ -312,19 +312,20 @@ def test_a_failed_write_leaves_the_previous_rows(config, instance):
 def test_a_high_quarantined_share_fails_its_check_but_the_good_rows_land(config, instance):
     land_csv(config, "day2.csv", "g1,2026-01-02T01:00:00,1,a,0", "g2,2026-01-02T02:00:00,1,a,1",
              "x1,2026-01-02T03:00:00,-1,a,0", "x2,2026-01-02T04:00:00,inf,a,0",
-             "x3,2026-01-02T05:00:00,1,a,")
+             "x3,2026-01-02T05:00:00,1,a,7", "u1,2026-01-02T06:00:00,1,a,")
     result = materialize(config, instance)
     assert result.success  # quality checks warn, they do not fail the run
     checks = checks_of(result)
     assert set(checks) == CHECKS
     share = checks["quarantine_share"]
     assert share.passed is False
-    assert metadata_value(share, "observed") == pytest.approx(3 / 5)
+    assert metadata_value(share, "observed") == pytest.approx(3 / 6)
     assert metadata_value(share, "threshold") == pytest.approx(0.05)
     assert metadata_value(share, "rejected_rows") == 3
     assert share.severity == dg.AssetCheckSeverity.WARN
     assert all(checks[name].passed for name in CHECKS - {"quarantine_share"})
-    assert stored_ids(config) == ["g1", "g2"]
+    # u1 has no label yet: a valid row (scored, never trained on), not a rejected one
+    assert stored_ids(config) == ["g1", "g2", "u1"]
 
     # the same verdict is recorded in the instance
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -332,7 +333,7 @@ def test_a_high_quarantined_share_fails_its_check_but_the_good_rows_land(config,
     execution = record[dg.AssetCheckKey(dg.AssetKey("raw_events"), "quarantine_share")]
     evaluation = execution.event.dagster_event.event_specific_data
     assert evaluation.passed is False
-    assert evaluation.metadata["observed"].value == pytest.approx(0.6)
+    assert evaluation.metadata["observed"].value == pytest.approx(0.5)
 
 
 def test_clean_data_passes_every_check(config, instance):

@@ -202,16 +202,24 @@ def test_first_retrain_deploys_and_scores(model: str, tmp_path_factory: pytest.T
     # Manifest: every file hashed, schema, window, params, versions, lineage, reason.
     manifest = store.manifest(version)  # verifies every sha256 on the way
     directory = store.path(version)
-    on_disk = {p.name for p in directory.iterdir()} - {MANIFEST, DECISION}
-    assert set(manifest["files"]) == on_disk and len(on_disk) == 3
+    on_disk = {p.relative_to(directory).as_posix() for p in directory.rglob("*")
+               if p.is_file()} - {MANIFEST, DECISION}
+    # The deployable model, its feature specs and drift reference, and the evaluation model
+    # (fitted without the holdout, the one the gate judged) with its specs.
+    assert set(manifest["files"]) == on_disk and len(on_disk) == 5
     assert "reference_profile.json" in on_disk  # the drift reference travels with the model
+    assert {"evaluation/features.json"} < on_disk
     for name, digest in manifest["files"].items():
         assert digest == sha256_file(directory / name)
     assert manifest["model"] == model
     assert [s["name"] for s in manifest["feature_schema"]] == list(feature_schema(config))
     window = manifest["training_window"]
-    assert window["partitions"] == [f"2026-01-{day:02d}" for day in range(1, 8)]
-    assert window["rows"] == 7 * ROWS_PER_DAY
+    # Deployed: refitted on train + holdout; judged: the evaluation model, train split only.
+    assert window["partitions"] == [f"2026-01-{day:02d}" for day in range(1, 11)]
+    assert window["rows"] == 10 * ROWS_PER_DAY
+    assert manifest["evaluation_window"]["partitions"] == window["partitions"][:7]
+    assert manifest["training_info"]["refit"]["on"] == "train + holdout"
+    assert manifest["training_info"]["refit"]["partitions"] == window["partitions"]
     assert manifest["params"] == {} and manifest["seed"] == 0
     versions = manifest["library_versions"]
     assert {"python", "lightgbm", "scikit-learn", "polars", "duckdb", "dagster"} <= set(versions)

@@ -129,7 +129,6 @@ BAD_ROWS = {
                               ["'label'", "'yes'", "int"], True),
     "fractional int": ("x1,2026-01-02T10:00:00,5,a,0.5", "wrong_type",
                        ["'label'", "'0.5'"], True),
-    "null target": ("x1,2026-01-02T10:00:00,5,a,", "null_target", ["'label'", "null"], True),
     "null id": (",2026-01-02T10:00:00,5,a,1", "null_column", ["'id'", "null"], True),
     "null timestamp": ("x1,,5,a,1", "null_timestamp", ["'ts'", "null"], False),
     "invalid target": ("x1,2026-01-02T10:00:00,5,a,3", "invalid_target",
@@ -178,6 +177,21 @@ def test_bad_row_is_rejected_with_its_reason_and_the_good_rows_land(tmp_path, ki
         assert result.unplaced_rows["day.csv"].height == 1
 
 
+def test_a_row_without_its_label_lands_unless_the_target_is_declared_non_null(tmp_path):
+    config = make_config(tmp_path)
+    write_csv(config, "day.csv", GOOD_BEFORE, "u1,2026-01-02T10:00:00,5,a,", GOOD_AFTER)
+    result = ingest(config)
+    assert ids(result) == ["g1", "g2", "u1"]  # its label may come later: scored, not trained on
+    assert result.rows.filter(pl.col("id") == "u1")["label"].to_list() == [None]
+    assert all_rejected(result).is_empty()
+    strict = make_config(tmp_path / "strict", columns={
+        **COLUMNS, "label": {"type": "int", "nullable": False}})
+    write_csv(strict, "day.csv", GOOD_BEFORE, "u1,2026-01-02T10:00:00,5,a,", GOOD_AFTER)
+    rejected = all_rejected(ingest(strict))
+    assert rejected[CHECK].to_list() == ["null_target"]
+    assert "target 'label' is null" in rejected[REASON][0]
+
+
 def test_rejected_row_keeps_the_original_values(tmp_path):
     config = make_config(tmp_path)
     write_csv(config, "day.csv", GOOD_BEFORE, "x1,2026-01-02T10:00:00,abc,zz,1")
@@ -211,12 +225,11 @@ def test_bad_rows_in_parquet_are_rejected_like_csv_rows(tmp_path):
     })
     write_parquet(config, "typed.parquet", frame)
     result = ingest(config)
-    assert ids(result) == ["p1"]
+    assert ids(result) == ["p1", "p3"]  # p3's label comes later
     rejected = all_rejected(result)
-    assert rejected["_row_number"].to_list() == [2, 3, 4, 5]
-    assert rejected[CHECK].to_list() == ["non_finite", "null_target", "out_of_range",
-                                         "invalid_target"]
-    assert "target 'label': 7 is not 0 or 1" in rejected[REASON][3]
+    assert rejected["_row_number"].to_list() == [2, 4, 5]
+    assert rejected[CHECK].to_list() == ["non_finite", "out_of_range", "invalid_target"]
+    assert "target 'label': 7 is not 0 or 1" in rejected[REASON][2]
     assert set(rejected["_source_file"]) == {"typed.parquet"}
 
 

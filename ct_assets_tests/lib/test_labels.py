@@ -66,7 +66,7 @@ def test_labels_need_an_id_and_their_own_directory(tmp_path):
     files = {"source": "files", "landing_dir": "landing", "timestamp": "ts", "target": "y",
              "columns": {"ts": "timestamp", "y": "int", "x": "float"},
              "labels": {"landing_dir": "labels"}}
-    with pytest.raises(ConfigError, match="dataset.labels needs dataset.id"):
+    with pytest.raises(ConfigError, match=r"dataset\.labels needs dataset\.id"):
         config_from_dict({"dataset": files}, base_dir=tmp_path)
     inside = {**files, "id": "x", "labels": {"landing_dir": "landing/labels"}}
     with pytest.raises(ConfigError, match="must be apart from the data landing dir"):
