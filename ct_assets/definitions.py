@@ -18,7 +18,8 @@ from ct_assets.defs.evaluation import build_evaluation_assets
 from ct_assets.defs.features import build_feature_assets
 from ct_assets.defs.ingest import build_ingest_assets
 from ct_assets.defs.labels import build_label_assets
-from ct_assets.defs.monitoring import build_monitoring_assets
+from ct_assets.defs.monitoring import build_monitoring_assets, label_dependencies
+from ct_assets.defs.online import build_online_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
 from ct_assets.defs.training import build_training_assets
@@ -42,6 +43,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         *build_deployment_assets(config, partitions_def),
         *build_monitoring_assets(config, partitions_def),
         *build_evaluation_assets(config),
+        *build_online_assets(config, partitions_def, label_dependencies(config)[1]),
     ]
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
@@ -64,6 +66,11 @@ def build_definitions(config: Config) -> dg.Definitions:
     jobs = [data_job, landing_job, retrain_job, scoring_job, drift_job, performance_job]
     triggers = config.triggers
     sensors = [build_landing_sensor(config, partitions_def)]
+    if config.training.strategy == "online":
+        jobs.append(dg.define_asset_job(
+            "online_job", selection=dg.AssetSelection.assets("model_update"),
+            description="Continue the deployed model on newly labelled partitions, through "
+                        "the gate (training.strategy: online)."))
     if config.dataset.labels is not None:
         jobs.append(dg.define_asset_job(
             "labels_job", selection=dg.AssetSelection.assets("labels"),

@@ -143,6 +143,9 @@ def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[st
     relabelled = {key for key in labelled if window(key) & fresh_labels}
     runner.partitioned("performance_job",
                        (labelled - measured) | (fresh & labelled) | relabelled, ordered)
+    if config.training.strategy == "online":  # learn each newly labelled partition once
+        runner.partitioned("online_job", labelled - _materialized(instance, "model_update"),
+                           ordered)
 
 
 def evaluate_triggers(defs: dg.Definitions, instance: dg.DagsterInstance, config: Config

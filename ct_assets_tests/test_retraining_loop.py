@@ -159,3 +159,44 @@ def test_sixty_quiet_days_retrain_nothing(history, tmp_path, capsys, monkeypatch
     performance = realised(path)
     assert performance["_partition"].max() == (CHANGE + dt.timedelta(days=28)).isoformat()
     assert TriggerLog(path.parent / "data").entries() == []
+
+
+def test_online_strategy_learns_each_labelled_partition_through_the_gate(history, tmp_path,
+                                                                          capsys, monkeypatch):
+    shutil.copytree(history, tmp_path / "online")
+    path = tmp_path / "online" / "ct.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["training"]["strategy"] = "online"
+    raw["triggers"].update(drift=False, performance=False)  # only online updates here
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "online" / "data" / "dagster"))
+    drift = DriftScenario("concept", CHANGE)
+    for offset in range(3):
+        land(path, CHANGE + dt.timedelta(days=offset), 1, drift)
+        assert ct(path, capsys, "run")["failed_runs"] == 0
+    store = ModelStore(load_config(path).models_dir)
+    updates = [store.describe(v) for v in store.versions() if store.describe(v)["reason"]
+               == "online"]
+    first = store.describe(store.versions()[0])
+    # One update per newly labelled partition, each continuing the champion of its time: the
+    # last history day (labels came with the first new day), then each labelled drifted day.
+    learned = [u["online"]["learned_partition"] for u in updates]
+    assert learned == [(CHANGE - dt.timedelta(days=1) + dt.timedelta(days=n)).isoformat()
+                       for n in range(3)]
+    assert updates[0]["parent"] == first["version"]
+    assert updates[0]["online"]["rounds_added"] == 20
+    # Each update but the newest was judged, prequentially, on the next partition.
+    judged = [u for u in updates if u["decision"] is not None]
+    assert len(judged) == 2 and updates[-1]["decision"] is None
+    for update in judged:
+        assert "which neither model had learned" in update["decision"]["notes"][0]
+    # Promotions are ordinary versions: deployed with reason online, and rolled back as any.
+    promoted = [u for u in judged if u["decision"]["approved"]]
+    status = ct(path, capsys, "status")
+    if promoted:
+        assert status["deployed"]["version"] == promoted[-1]["version"]
+        assert status["deployed"]["reason"] == "online"
+        rolled = ct(path, capsys, "rollback")
+        assert rolled["version"] == promoted[-1]["parent"]
+    else:
+        assert status["deployed"]["version"] == first["version"]

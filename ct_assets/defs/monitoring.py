@@ -41,6 +41,18 @@ def _with_start(frame: pl.DataFrame, config: Config) -> pl.DataFrame:
                               .dt.replace_time_zone("UTC").alias(PARTITION_START))
 
 
+def label_dependencies(config: Config) -> tuple[str, list[dg.AssetDep]]:
+    """Where a partition's labels come from, and the dependency that says when they are known.
+
+    Labels of partition p count as known once the partition `triggers.label_delay` later has
+    landed: its data (labels in the data file) or its labels (`dataset.labels`).
+    """
+    delay, separate = config.triggers.label_delay, config.dataset.labels is not None
+    source = "labels" if separate else "raw_events"
+    return source, [dg.AssetDep(source, partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=0 if separate else delay, end_offset=delay))]
+
+
 def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinition
                             ) -> list[dg.AssetsDefinition]:
     """The `drift_report` and `model_performance` assets with their checks."""
@@ -107,11 +119,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                       "model_version": version},
         )
 
-    # Labels of partition p count as known once the partition `label_delay` later has landed:
-    # its data (labels in the data file) or its labels (`dataset.labels`).
-    label_source = "labels" if dataset.labels is not None else "raw_events"
-    label_deps = [dg.AssetDep(label_source, partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=0 if dataset.labels is not None else delay, end_offset=delay))]
+    label_source, label_deps = label_dependencies(config)
 
     @dg.asset(
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),

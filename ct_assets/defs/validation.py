@@ -70,10 +70,14 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         champion_model, champion_threshold, unscored = None, None, []
         if champion:
             try:
+                judged_as = evaluated_version(store, champion["version"])
                 champion_model, champion_manifest = load_verified(
-                    store, champion["version"],
-                    evaluated_part(manifest_of(store, champion["version"])))
+                    store, judged_as, evaluated_part(manifest_of(store, judged_as)))
                 champion_threshold = _threshold(champion_manifest)
+                if judged_as != champion["version"]:
+                    unscored.append(f"champion {champion['version']} is an online update that "
+                                    f"learned the holdout; it is judged as {judged_as}, the "
+                                    "batch model it continues, fitted without the holdout")
             except (ModelStoreError, OSError, ValueError, KeyError) as error:
                 unscored.append(f"champion {champion['version']} could not be scored, so the "
                                 f"candidate is judged on gate.min_value alone: {error}")
@@ -129,6 +133,22 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
 def manifest_of(store: ModelStore, version: str) -> dict:
     """A version's manifest as stored (its files are verified when a model is loaded)."""
     return store.describe(version)
+
+
+def evaluated_version(store: ModelStore, version: str) -> str:
+    """The version whose evaluation model stands for `version` on a holdout.
+
+    Itself, unless it is an online update (it learned the newest partitions, the holdout's):
+    then the batch version its updates continue.
+    """
+    seen = set()
+    while version not in seen:
+        seen.add(version)
+        manifest = manifest_of(store, version)
+        if manifest.get("reason") != "online" or not manifest.get("parent"):
+            return version
+        version = manifest["parent"]
+    return version
 
 
 def evaluated_part(manifest: dict) -> str | None:

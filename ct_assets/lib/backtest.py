@@ -36,7 +36,7 @@ import polars as pl
 
 from ct_assets.lib.candidate import fit_candidate, judge_candidate
 from ct_assets.lib.config import Config, worse_than
-from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics, decide_gate
+from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
 from ct_assets.lib.features import build_features, offset_partitions
 from ct_assets.lib.ingest import FileCatalog, ingest_window, keys_between
 from ct_assets.lib.monitoring import error_of, fit_profiles, partition_drift, performance_alarm
@@ -286,18 +286,12 @@ class Replay:
     def _online(self, deployed: Deployed, pending: Deployed | None, labelled: pl.DataFrame,
                 result: PolicyResult, key: str) -> tuple[Deployed, Deployed | None]:
         """Judge the pending update on `labelled` (unseen by both), then learn `labelled`."""
-        from ct_assets.lib.online import continue_model
+        from ct_assets.lib.online import continue_model, judge_update
 
         config, task = self.config, self.config.dataset.task
         if pending is not None and labelled.height:
-            y, _ = encode_labels(labelled[self.target], task, deployed.model.classes)
-            values = {name: compute_metrics(y, model.model.predict(labelled), task,
-                                            model.threshold or OPERATING_THRESHOLD)[self.metric]
-                      for name, model in (("candidate", pending), ("champion", deployed))}
-            decision = decide_gate(task=task, metric=self.metric, candidate=values["candidate"],
-                                   champion=values["champion"],
-                                   min_value=config.gate.min_value,
-                                   max_regression=config.gate.max_regression, after_change=True)
+            decision, _ = judge_update(pending.model, pending.threshold, deployed.model,
+                                       deployed.threshold, labelled, config)
             if decision.approved:
                 deployed = pending
                 result.retrains["online"] += 1
@@ -306,6 +300,7 @@ class Replay:
         if labelled.filter(pl.col(self.target).is_not_null()).height < 10:
             return deployed, None
         model, _ = continue_model(deployed.model, labelled, target=self.target, task=task,
+                                  rounds=config.training.online_rounds,
                                   params=config.training.params, seed=config.training.seed)
         return deployed, Deployed(f"online@{key}", model, model, deployed.threshold,
                                   deployed.profiles, deployed.regime)

@@ -213,6 +213,8 @@ class TrainingConfig(_Section):
     model: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
+    strategy: Literal["batch", "online"] = "batch"
+    online_rounds: int = Field(default=20, ge=1)
 
     @model_validator(mode="after")
     def _holdout_inside_window(self) -> TrainingConfig:
@@ -221,6 +223,9 @@ class TrainingConfig(_Section):
                 f"training.holdout ({self.holdout}) must be smaller than "
                 f"training.window ({self.window})"
             )
+        if self.strategy == "online" and self.model not in ("lightgbm", "sklearn_sgd"):
+            raise ValueError(f"training.strategy online needs a model that can learn new rows "
+                             f"(lightgbm or sklearn_sgd), not {self.model!r}")
         return self
 
 

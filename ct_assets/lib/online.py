@@ -225,3 +225,32 @@ def continue_model(model: TrainedModel, frame: pl.DataFrame, *, target: str, tas
                            None if model.classes is None else list(model.classes), estimator)
     return updated, {"kind": model.kind, "rows": rows.height, **counts, **info,
                      "seconds": time.perf_counter() - began}
+
+
+def judge_update(update: TrainedModel, update_threshold: float | None, champion: TrainedModel,
+                 champion_threshold: float | None, rows: pl.DataFrame, config: Any
+                 ) -> tuple[Any, dict[str, dict[str, float]]]:
+    """The gate on an online update, on labelled rows neither model has learned.
+
+    The update learned the partition before `rows`; the champion did not learn it either. Both
+    are scored on `rows` before either learns them (prequential), and the update must pass the
+    gate as a candidate would (`decide_gate`, as after a change: it answers new labels).
+
+    Returns:
+        The gate decision and each model's metrics on `rows`.
+    """
+    from ct_assets.lib.evaluation import decide_gate
+
+    task, target = config.dataset.task, str(config.dataset.target)
+    metric = str(config.gate.metric)
+    metrics = {
+        "candidate": prequential_metrics(update, rows, target=target, task=task,
+                                         threshold=update_threshold),
+        "champion": prequential_metrics(champion, rows, target=target, task=task,
+                                        threshold=champion_threshold),
+    }
+    decision = decide_gate(task=task, metric=metric, candidate=metrics["candidate"][metric],
+                           champion=metrics["champion"][metric],
+                           min_value=config.gate.min_value,
+                           max_regression=config.gate.max_regression, after_change=True)
+    return decision, metrics
