@@ -1,0 +1,85 @@
+"""Sensors that read the landing dirs and the instance: label files, and the cooldown skip."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+
+import dagster as dg
+
+from ct_assets.definitions import build_definitions
+from ct_assets.defs.automation import retrain_request
+from ct_assets.lib.config import config_from_dict
+from ct_assets.lib.simulator import write_days
+from ct_assets.lib.triggers import TriggerLog
+
+
+def make_config(tmp_path):
+    return config_from_dict({"dataset": {"source": "simulator",
+                                         "labels": {"landing_dir": "labels"}},
+                             "partitions": {"start": "2026-01-01"},
+                             "storage": {"dir": "data"}}, base_dir=tmp_path)
+
+
+def settle(directory):
+    """Age every file past the sensor's settle time (a file still being written waits)."""
+    past = time.time() - 60
+    for path in directory.rglob("*"):
+        os.utime(path, (past, past))
+
+
+def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp_path):
+    config = make_config(tmp_path)
+    write_days(config.landing_dir, start=dt.date(2026, 1, 1), days=3, rows_per_day=20,
+               labels_dir=config.labels_dir, label_delay=1)
+    settle(config.labels_dir)
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("label_sensor")
+    with dg.instance_for_test() as instance:
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
+                                                              definitions=defs))
+        assert len(result.run_requests) == 1
+        request = result.run_requests[0]
+        # labels of Jan 1 and 2 became known on Jan 2 and 3
+        assert request.tags["dagster/asset_partition_range_start"] == "2026-01-02"
+        assert request.tags["dagster/asset_partition_range_end"] == "2026-01-03"
+        assert request.asset_selection == [dg.AssetKey("labels")]
+        again = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=result.cursor, definitions=defs))
+        assert not again.run_requests  # a file is taken once per content
+        assert set(json.loads(result.cursor)) == {"labels_2026-01-02.parquet",
+                                                  "labels_2026-01-03.parquet"}
+
+
+def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
+    config = make_config(tmp_path)
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("drift_sensor")
+    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    with dg.instance_for_test() as instance:
+        # A retrain already answered a change at Jan 10 (as drift_sensor tags it).
+        request = retrain_request("drift", "drift:2026-01-10:1", "drift failed",
+                                  change_point="2026-01-10")
+        instance.create_run_for_job(defs.resolve_job_def("retrain_job"), tags=request.tags,
+                                    status=dg.DagsterRunStatus.SUCCESS)
+        time.sleep(1.1)  # check records keep whole seconds: the failures come after the run
+
+        def fail(partition):
+            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+                asset_key=check.asset_key, check_name=check.name, passed=False,
+                metadata={"first_flagged": partition}))
+
+        fail("2026-01-12")  # two partitions later: inside triggers.cooldown (3)
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
+                                                            definitions=defs))
+        assert not tick.run_requests
+        assert "cooldown" in tick.skip_message and "2026-01-10" in tick.skip_message
+        fail("2026-01-14")  # four partitions later: a new change
+        later = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=tick.cursor, definitions=defs))
+        assert [r.tags["ct/change_point"] for r in later.run_requests] == ["2026-01-14"]
+    log = TriggerLog(config.storage_dir).entries()
+    assert [(e["decision"], e["partition"]) for e in log] == [
+        ("skipped", "2026-01-12"), ("launched", "2026-01-14")]
