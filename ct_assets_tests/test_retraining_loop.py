@@ -8,7 +8,8 @@ leaves every day before a drift untouched, so the copies are exact).
 - covariate drift on day 30: exactly one drift retrain, whose model carries the drifted day as
   its change point and a drift reference fitted on it (so the next drifted days pass);
 - concept drift on day 30 (no covariate signature): performance retrains, at most two, the first
-  one learning the new concept from the rows since the change;
+  one learning the new concept from the rows since the change, the second (the follow-up once
+  six partitions of the new concept are labelled) learning and validating on them alone;
 - no drift for 60 days: no drift or performance retrain at all.
 """
 
@@ -28,7 +29,7 @@ from ct_assets import cli
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.simulator import DriftScenario, write_days
-from ct_assets.lib.triggers import TriggerLog
+from ct_assets.lib.triggers import TriggerLog, regime_partitions
 from ct_assets.lib.warehouse import Warehouse
 
 FIRST_DAY = dt.date(2026, 1, 1)
@@ -144,6 +145,10 @@ def test_concept_drift_retrains_at_most_twice_and_learns_it(history, tmp_path, c
     assert old["roc_auc"][0] < 0.5
     learned = performance.filter(pl.col("model_version") == first["version"])
     assert learned.height >= 2 and learned["roc_auc"].mean() > 0.65
+    # Once six partitions of the new concept are labelled (holdout + 1), one follow-up retrain
+    # learns and validates on them alone; it is the second retrain, if any.
+    assert [(v["change_point"], regime_partitions(v) >= 6) for v in done[1:]] in (
+        [], [(CHANGE.isoformat(), True)])
     # Every decision a trigger took is logged with its partition; skips say why.
     entries = TriggerLog(path.parent / "data").entries()
     assert all(e["partition"] for e in entries)

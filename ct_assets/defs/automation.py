@@ -18,7 +18,7 @@ from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.ingest import contiguous_ranges
 from ct_assets.lib.landing import LandingChanges, scan_landing
-from ct_assets.lib.triggers import TriggerLog, cooldown_reason
+from ct_assets.lib.triggers import TriggerLog, cooldown_reason, followup_due
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -284,6 +284,11 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
             check_key, limit=20, status={failed})
         new = sorted((r for r in records if r.id > last), key=lambda r: r.id)
         if not new:
+            followup = _concept_followup(context.instance) if reason == "performance" else None
+            if followup is not None:
+                log.record(name, "launched", followup.tags[CHANGE_POINT_TAG],
+                           followup.tags[DETAIL_TAG])
+                return dg.SensorResult(run_requests=[followup])
             return dg.SensorResult(skip_reason=f"no new failure of {asset}.{check}")
         record = new[-1]  # the newest failure stands for the ones before it
         evaluation = record.evaluation
@@ -307,6 +312,29 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
                                   change_point=None if partition == "?" else partition)
         log.record(name, "launched", partition, detail)
         return dg.SensorResult(run_requests=[request], cursor=str(record.id))
+
+    def _concept_followup(instance: dg.DagsterInstance) -> dg.RunRequest | None:
+        """The one follow-up retrain after a change of concept (`followup_due`).
+
+        Due once the regime can be learned and validated alone; not while a retrain is queued
+        or running. Its run key names the regime, so it is launched once.
+        """
+        metadata = _deployed_metadata(instance)
+
+        def value(key: str) -> object:
+            return metadata[key].value if key in metadata else None
+
+        start, kind = value("regime_start"), value("regime_kind")
+        labelled = sorted(instance.get_materialized_partitions(
+            dg.AssetKey("model_performance")))
+        if not followup_due(config, str(kind), str(start), int(value("regime_partitions") or 0),
+                            labelled) or retrain_blocked(instance):
+            return None
+        count = sum(key >= str(start) for key in labelled)
+        return retrain_request(
+            "performance", f"performance:followup:{start}",
+            f"the change of concept at {start} has {count} labelled partitions now: learn "
+            "and validate on them alone", change_point=str(start))
 
     return check_sensor
 

@@ -14,6 +14,7 @@ from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import passthrough_columns
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.serving import load_verified
+from ct_assets.lib.triggers import regime_partitions
 from ct_assets.lib.validation import PARTITION
 
 
@@ -55,6 +56,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         context.log.info(outcome)
         deployed = champion["version"] if champion else "none"
         metrics = (champion or {}).get("metrics", {})
+        learned = store.describe(deployed) if champion else {}
         return dg.MaterializeResult(metadata={
             "deployed_version": deployed,
             "outcome": outcome,
@@ -62,6 +64,10 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             "promoted_at": (champion or {}).get("promoted_at", "never"),
             "candidate_version": version or "none",
             "candidate_approved": bool(decision and decision.get("approved")),
+            # What the follow-up of a change of concept needs (performance_sensor).
+            "regime_start": learned.get("regime_start") or "none",
+            "regime_kind": learned.get("regime_kind") or "none",
+            "regime_partitions": regime_partitions(learned),
             **{f"deployed_{k}": v for k, v in metrics.items()
                if isinstance(v, float) and np.isfinite(v)},
         })

@@ -10,7 +10,8 @@ the live loop would:
 2. drift of the partition against the deployed model's reference (`partition_drift`);
 3. the labels that became known in the partition complete older partitions: their realised
    metrics, the performance check (floor, Page-Hinkley on the model's error series);
-4. the policy's trigger, the cooldown (`cooldown_reason`), and a retrain through the same plan,
+4. the policy's trigger, the cooldown (`cooldown_reason`), the follow-up after a change of
+   concept (`followup_due`, as `performance_sensor`), and a retrain through the same plan,
    fit and gate as `retrain_job` (`plan_training_set`, `fit_candidate`, `judge_candidate`), its
    drift reference fitted as `training_set` does; or, for `online`, the deployed model continued
    on the newly labelled partition (`continue_model`), promoted through the gate after being
@@ -42,7 +43,7 @@ from ct_assets.lib.ingest import FileCatalog, ingest_window, keys_between
 from ct_assets.lib.monitoring import error_of, fit_profiles, partition_drift, performance_alarm
 from ct_assets.lib.training import TrainedModel, encode_labels
 from ct_assets.lib.training_set import apply_plan, choose_reference, plan_training_set
-from ct_assets.lib.triggers import cooldown_reason
+from ct_assets.lib.triggers import cooldown_reason, followup_due
 from ct_assets.lib.validation import PARTITION
 
 POLICIES = ("never", "schedule", "drift", "performance", "drift+performance", "online")
@@ -101,6 +102,7 @@ class Deployed:
     threshold: float | None
     profiles: dict[str, Any]
     regime: tuple[str | None, str | None] = (None, None)
+    regime_partitions: int = 0  # partitions of its regime it was fitted on
 
 
 @dataclass
@@ -184,8 +186,10 @@ class Replay:
         reference, labelled, _ = choose_reference(recent, frame, self.target)
         profiles = fit_profiles(reference, config, labelled)
         name = f"{reason}@{now}"
+        learned = sum(key >= plan.regime_start for key in candidate.info["refit"]["partitions"]
+                      ) if plan.regime_start else 0
         return Deployed(name, candidate.final, candidate.evaluation, candidate.threshold,
-                        profiles, (plan.regime_start, plan.regime_kind)), True
+                        profiles, (plan.regime_start, plan.regime_kind), learned), True
 
     def _first_model(self) -> tuple[int, Deployed]:
         """The first partition at whose end a full window can be trained, and that model."""
@@ -210,6 +214,7 @@ class Replay:
         scored: dict[str, tuple[Deployed, np.ndarray]] = {}
         errors: dict[str, list[float]] = {}
         pending: Deployed | None = None
+        followed: set[str | None] = set()  # regimes whose follow-up was launched (run key)
         pooled_y, pooled_scores = [], []
         delay = config.triggers.label_delay
         began = time.perf_counter()
@@ -250,6 +255,13 @@ class Replay:
                         deployed, pending = self._online(deployed, pending, labelled, result,
                                                          labelled_key)
             reason, change = self._decide(policy, step, events, last_change)
+            start = deployed.regime[0]
+            if reason is None and policy in ("performance", "drift+performance") \
+                    and start not in followed and followup_due(
+                        config, deployed.regime[1], start, deployed.regime_partitions,
+                        [row["partition"] for row in result.measured]):
+                reason, change = "performance", start  # as performance_sensor's follow-up
+                followed.add(start)
             if reason is None:
                 for kind, partition in events:
                     result.events.append({"partition": partition, "event": kind,

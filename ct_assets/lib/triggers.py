@@ -75,3 +75,34 @@ class TriggerLog:
     def latest(self) -> dict[str, dict[str, Any]]:
         """The latest decision of each trigger."""
         return {entry["trigger"]: entry for entry in self.entries()}
+
+
+def followup_due(config: Config, regime_kind: str | None, regime_start: str | None,
+                 learned: int, labelled: list[str]) -> bool:
+    """Whether a model that answered a change of concept should be retrained once more.
+
+    After a performance failure the deployed model learned the new concept from the few
+    partitions since the change whose labels were known (the window is cut there). Once
+    `training.holdout + 1` partitions of the new regime are labelled, a retrain can be both
+    trained and validated on the new concept alone: one follow-up retrain is due then, if the
+    deployed model learned fewer regime partitions than that. After a change of inputs
+    (drift) the old relation still holds: no follow-up.
+
+    Args:
+        config: the project configuration.
+        regime_kind: the deployed model's `regime_kind`.
+        regime_start: the deployed model's `regime_start`.
+        learned: how many partitions of the regime the deployed model was fitted on.
+        labelled: partitions whose labels are known.
+    """
+    if regime_kind != "concept" or not regime_start:
+        return False
+    needed = config.training.holdout + 1
+    return learned < needed <= sum(key >= regime_start for key in labelled)
+
+
+def regime_partitions(manifest: dict) -> int:
+    """How many partitions of its regime a version was fitted on (0 without a regime)."""
+    start = manifest.get("regime_start")
+    fitted = ((manifest.get("training_info") or {}).get("refit") or {}).get("partitions") or []
+    return sum(key >= start for key in fitted) if start else 0

@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 
 from ct_assets.lib.config import config_from_dict
-from ct_assets.lib.triggers import TriggerLog, cooldown_reason, partition_distance
+from ct_assets.lib.triggers import (
+    TriggerLog,
+    cooldown_reason,
+    followup_due,
+    partition_distance,
+    regime_partitions,
+)
 
 
 def make_config(cooldown: int = 3, granularity: str = "daily"):
@@ -49,3 +55,24 @@ def test_trigger_log_keeps_every_decision_and_the_latest_per_trigger(tmp_path):
         handle.write('{"torn')  # a writer killed mid-line loses only that line
     assert [e["decision"] for e in log.entries()] == ["launched", "skipped", "skipped"]
     assert log.latest()["drift_sensor"]["partition"] == "2026-02-01"
+
+
+def test_one_followup_is_due_once_a_change_of_concept_can_be_learned_alone():
+    config = make_config()  # training.holdout 5: six labelled regime partitions are needed
+    days = [f"2026-02-{day:02d}" for day in range(1, 15)]
+    labelled_until = lambda last: [d for d in days if d <= last]  # noqa: E731
+    # The model answered a concept change at Feb 5 having learned one partition of it.
+    assert not followup_due(config, "concept", "2026-02-05", 1, labelled_until("2026-02-09"))
+    assert followup_due(config, "concept", "2026-02-05", 1, labelled_until("2026-02-10"))
+    # Not after a change of inputs, not once the model learned enough of the regime, not
+    # without a regime.
+    assert not followup_due(config, "inputs", "2026-02-05", 1, days)
+    assert not followup_due(config, "concept", "2026-02-05", 6, days)
+    assert not followup_due(config, "concept", None, 0, days)
+
+
+def test_regime_partitions_counts_the_fitted_partitions_of_the_regime():
+    manifest = {"regime_start": "2026-02-05", "training_info": {"refit": {"partitions": [
+        "2026-02-03", "2026-02-04", "2026-02-05", "2026-02-06"]}}}
+    assert regime_partitions(manifest) == 2
+    assert regime_partitions({"regime_start": None}) == 0
