@@ -9,12 +9,13 @@ LightGBM, gate, drift, triggers) — only `dataset`, `partitions.start` and `sto
 Preparation: `--history` clean days of `--rows-per-day` rows land (30 x 10,000 = a 300k-row
 training window); the daemon ingests them and `freshness_sensor` deploys a first model.
 
-Each event lands ONE new day with covariate drift (the days after the history, one per event,
-the last one today) and times, by polling `models/deployed.json` every 0.25 s, how long until a
-new version is deployed. The drift reference of a model is fitted on its training split, which
-never includes its holdout (the newest 5 partitions), so each drifted day drifts against the
-then-deployed model's reference. Between events the daemon is left alone until nothing has run
-for 45 s (the re-check of the drifted day by the new model, which must launch no retrain).
+Each event lands ONE new day that changes the regime (the days after the history, one per
+event, the last one today): covariate-drifted, then clean again, alternately, since a retrain
+takes its drift reference from the change it answers (a second drifted day matches it and
+retrains nothing: one drift, one retrain). `triggers.cooldown` is 0 here, as the events come a
+day apart. Each event times, by polling `models/deployed.json` every 0.25 s, how long until a
+new version is deployed. Between events the daemon is left alone until nothing has run for
+45 s (the re-check of the day by the new model, which must launch no retrain).
 
 The breakdown of each event comes from the instance: when `landing_sensor`'s `landing_job` run
 for the day (ingest, features, predictions, drift_report) was created and finished, when the
@@ -70,6 +71,7 @@ class Bench:
         self.config_path.write_text(yaml.safe_dump({
             "dataset": {"source": "simulator"},
             "partitions": {"start": self.first_day.isoformat()},
+            "triggers": {"cooldown": 0},  # events come a day apart, each a new change
             "storage": {"dir": str(WORK / "storage")},
         }), encoding="utf-8")
         os.environ["DAGSTER_HOME"] = str(self.home)
@@ -142,8 +144,9 @@ class Bench:
 
     def event(self, index: int, day: dt.date) -> dict[str, Any]:
         before = self.deployed_version()
-        landed = self.land(day, 1, "covariate")
-        log(f"event {index}: landed covariate-drifted {day}")
+        drift = "covariate" if index % 2 == 0 else "none"
+        landed = self.land(day, 1, drift)
+        log(f"event {index}: landed {'covariate-drifted' if drift != 'none' else 'clean'} {day}")
         self.wait(f"a new deployed version after landing {day}",
                   lambda: self.deployed_version() not in (None, before), self.args.timeout,
                   every=0.25)
@@ -153,7 +156,7 @@ class Bench:
         log(f"event {index}: {deployed['version']} deployed ({deployed['reason']}) "
             f"{total:.1f}s after landing")
         self.wait_quiet(QUIET_SECONDS, self.args.timeout)
-        return {"event": index, "day": day.isoformat(), "drift": "covariate",
+        return {"event": index, "day": day.isoformat(), "drift": drift,
                 "landed_at": dt.datetime.fromtimestamp(landed, dt.UTC).isoformat(),
                 "seconds": round(total, 2), "version": deployed["version"],
                 "reason": deployed["reason"], "previous": before,
