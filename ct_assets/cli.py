@@ -63,7 +63,10 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
                                  rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario,
                                  labels_dir=config.labels_dir,
                                  label_delay=config.triggers.label_delay)
-    report = {"landing_dir": str(config.landing_dir), "files": len(paths),
+    labels = [path for path in paths if config.labels_dir and path.parent == config.labels_dir]
+    report = {"landing_dir": str(config.landing_dir), "files": len(paths) - len(labels),
+              "label_files": len(labels),
+              "labels_dir": str(config.labels_dir) if config.labels_dir else None,
               "first_day": start.isoformat(),
               "last_day": (start + dt.timedelta(days=args.days - 1)).isoformat(),
               "rows_per_day": args.rows_per_day, "drift": args.drift,
@@ -72,8 +75,10 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(report))
     else:
         drift = f", {args.drift} drift from {drift_start}" if drift_start else ""
-        print(f"landed {len(paths)} days ({report['first_day']} … {report['last_day']}), "
-              f"{args.rows_per_day} rows/day{drift} → {config.landing_dir}")
+        later = (f"; {len(labels)} label files (labels {config.triggers.label_delay} day(s) "
+                 f"late) → {config.labels_dir}" if config.labels_dir else "")
+        print(f"landed {args.days} days ({report['first_day']} … {report['last_day']}), "
+              f"{args.rows_per_day} rows/day{drift} → {config.landing_dir}{later}")
     return 0
 
 

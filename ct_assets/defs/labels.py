@@ -61,6 +61,7 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
         catalog = FileCatalog(config.labels_catalog_path)
         batch = read_labels(config, window.start, window.end, catalog)
         store = warehouse.get()
+        stored = store.table_exists("labels")
         with store.connect() as connection:
             connection.register("incoming", batch.labels.select(key).unique().to_arrow())
             rows = connection.execute(
@@ -69,7 +70,7 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
             earlier = connection.execute(
                 f'SELECT l.* FROM labels l SEMI JOIN incoming USING ("{key}") '
                 f'WHERE l.{KNOWN_AT} < ? OR l.{KNOWN_AT} >= ?', [window.start, window.end]
-            ).pl() if _exists(connection, "labels") else pl.DataFrame(
+            ).pl() if stored else pl.DataFrame(
                 schema={key: batch.labels.schema[key], target: batch.labels.schema[target],
                         "_source_file": pl.String, "_row_number": pl.Int64})
         accepted, unmatched = match_labels(batch.labels, rows, earlier, config)
@@ -108,9 +109,3 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
 
     return [labels]
 
-
-def _exists(connection, table: str) -> bool:
-    found = connection.execute("SELECT count(*) FROM information_schema.tables "
-                               "WHERE table_schema = 'main' AND table_name = ?", [table]
-                               ).fetchone()
-    return bool(found and found[0])
