@@ -11,6 +11,7 @@ import polars as pl
 
 from ct_assets.lib.config import Config
 from ct_assets.lib.features import offset_partitions
+from ct_assets.lib.validation import PARTITION
 
 SPLIT = "split"
 
@@ -217,7 +218,7 @@ def choose_reference(recent: pl.DataFrame | None, frame: pl.DataFrame, target: s
     if recent is not None and recent.height >= MIN_REFERENCE_ROWS:
         known = recent.filter(pl.col(target).is_not_null())
         labelled = known if known.height >= MIN_REFERENCE_ROWS else frame
-        first, last = recent["_partition"].min(), recent["_partition"].max()
+        first, last = recent[PARTITION].min(), recent[PARTITION].max()
         return recent, labelled, (f"{recent.height} rows of {first} … {last}, since the change "
                                   f"(target: {labelled.height} labelled rows)")
     return frame, None, f"the {frame.height} training + holdout rows"
