@@ -25,9 +25,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-## test: the whole suite (installs Debian's chromium for the UI test when it is missing)
+## test: the whole suite (installs Debian's chromium for the UI test when it is missing), one
+## test file per worker on two workers: the daemon and the retraining-loop files run side by side
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
 dev: $(STAMP)
