@@ -54,15 +54,10 @@ def build_ingest_assets(
         store = warehouse.get()
         store.replace_range("raw_events", rows, dataset.timestamp, window.start, window.end)
         written = time.perf_counter() - began
-        records = quarantine.get()
-        records.replace_partition_rows(keys, result.rejected_rows)
-        for source_file, unplaced in result.unplaced_rows.items():
-            records.replace_unplaced_rows(source_file, unplaced)
-        for source_file in result.good_files:
-            records.clear_file(source_file)
-        records.forget_missing_files(result.present_files)
+        quarantine.get().record_scan(
+            keys, pl.concat([result.rejected_rows, *result.unplaced_rows.values()]),
+            result.good_files, result.present_files, result.rejected_files)
         for file, reason in result.rejected_files:
-            records.reject_file(file.relpath, reason, file.size)
             context.log.warning(f"quarantined file {file.relpath}: {reason}")
         catalog.save()
         unplaced_count = sum(frame.height for frame in result.unplaced_rows.values())

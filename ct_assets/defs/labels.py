@@ -76,16 +76,9 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
         accepted, unmatched = match_labels(batch.labels, rows, earlier, config)
         store.replace_range("labels", accepted, KNOWN_AT, window.start, window.end)
         rejected = pl.concat([batch.rejected_rows, unmatched])
-        records = Quarantine(Path(quarantine.directory) / LABELS_FOLDER)
-        records.replace_partition_rows(keys, rejected.filter(pl.col(PARTITION).is_not_null()))
-        unplaced = rejected.filter(pl.col(PARTITION).is_null())
-        for source_file in batch.good_files:
-            records.clear_file(source_file)
-            records.replace_unplaced_rows(
-                source_file, unplaced.filter(pl.col("_source_file") == source_file))
-        records.forget_missing_files(batch.present_files)
+        Quarantine(Path(quarantine.directory) / LABELS_FOLDER).record_scan(
+            keys, rejected, batch.good_files, batch.present_files, batch.rejected_files)
         for file, reason in batch.rejected_files:
-            records.reject_file(file.relpath, reason, file.size)
             context.log.warning(f"quarantined label file {file.relpath}: {reason}")
         catalog.save()
         counts = count_by_check(rejected)

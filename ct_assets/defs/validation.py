@@ -21,7 +21,7 @@ from ct_assets.lib.features import feature_schema
 from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
-from ct_assets.lib.training import SPEC_FILE
+from ct_assets.lib.training import SPEC_FILE, load_model
 from ct_assets.lib.training_set import SPLIT
 
 CANARY_ROWS = 256
@@ -55,15 +55,15 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         version = str(latest_metadata(context, "candidate_model", "version") or "")
         if not version:
             raise dg.Failure("no candidate_model materialization found; train a candidate first")
-        candidate, manifest = load_verified(store, version, evaluated_part(manifest_of(
-            store, version)))
+        candidate, manifest = load_verified(store, version,
+                                            evaluated_part(store.describe(version)))
         holdout = warehouse.get().query(
             f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
             f"ORDER BY \"{dataset.timestamp}\"")
         # The deployable (refitted) model must match serving's schema and reproduce its own
         # scores when loaded from disk in a fresh process.
         problems = schema_problems(manifest, feature_schema(config))
-        deployable, _ = load_verified(store, version)
+        deployable = load_model(store.path(version))  # its files were verified just above
         canary = holdout.head(CANARY_ROWS)
         problems += canary_problems(store, version, canary, deployable.predict(canary))
         champion = store.deployed()
@@ -72,7 +72,7 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
             try:
                 judged_as = evaluated_version(store, champion["version"])
                 champion_model, champion_manifest = load_verified(
-                    store, judged_as, evaluated_part(manifest_of(store, judged_as)))
+                    store, judged_as, evaluated_part(store.describe(judged_as)))
                 champion_threshold = _threshold(champion_manifest)
                 if judged_as != champion["version"]:
                     unscored.append(f"champion {champion['version']} is an online update that "
@@ -130,11 +130,6 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
     return [validation_report]
 
 
-def manifest_of(store: ModelStore, version: str) -> dict:
-    """A version's manifest as stored (its files are verified when a model is loaded)."""
-    return store.describe(version)
-
-
 def evaluated_version(store: ModelStore, version: str) -> str:
     """The version whose evaluation model stands for `version` on a holdout.
 
@@ -144,7 +139,7 @@ def evaluated_version(store: ModelStore, version: str) -> str:
     seen = set()
     while version not in seen:
         seen.add(version)
-        manifest = manifest_of(store, version)
+        manifest = store.describe(version)
         if manifest.get("reason") != "online" or not manifest.get("parent"):
             return version
         version = manifest["parent"]

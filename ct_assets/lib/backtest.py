@@ -70,7 +70,7 @@ def load_history(config: Config, scratch: Path) -> History:
     keys = keys_between(config, raw[PARTITION].min(), raw[PARTITION].max())
     features = build_features(raw, config, keys)
     target, delay = str(config.dataset.target), config.triggers.label_delay
-    later = {key: keys[min(i + delay, len(keys) - 1)] if i + delay < len(keys) else None
+    later = {key: keys[i + delay] if i + delay < len(keys) else None
              for i, key in enumerate(keys)}
     known = pl.when(pl.col(target).is_not_null()).then(
         pl.col(PARTITION).replace_strict(later, default=None, return_dtype=pl.String))

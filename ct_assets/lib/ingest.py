@@ -11,8 +11,10 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -98,19 +100,8 @@ def ingest_window(
     goods: list[pl.DataFrame] = []
     rejected: list[pl.DataFrame] = []
     result = IngestResult(pl.DataFrame(), pl.DataFrame(), {}, [], [])
-    for file in discover(config.landing_dir):
-        result.present_files.append(file.relpath)
-        if file.problem:
-            result.rejected_files.append((file, file.problem))
-            continue
-        if not catalog.may_overlap(file, window_keys[0], window_keys[-1]):
-            result.files_skipped += 1
-            continue
-        try:
-            frame = read_landed_file(file, required, dataset.delimiter)
-        except BadFile as error:
-            result.rejected_files.append((file, str(error)))
-            continue
+    for file, frame in read_window_files(config.landing_dir, catalog, window_keys, required,
+                                         dataset.delimiter, result):
         if dataset.target not in frame.columns:  # labels land separately (dataset.labels)
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(str(dataset.target)))
         try:
@@ -139,6 +130,30 @@ def ingest_window(
     result.timings = {"read_validate_s": read_done - began,
                       "deduplicate_s": time.perf_counter() - read_done}
     return result
+
+
+def read_window_files(directory: Path, catalog: FileCatalog, window_keys: list[str],
+                      required: list[str], delimiter: str, seen: Any
+                      ) -> Iterator[tuple[LandedFile, pl.DataFrame]]:
+    """Each readable landed file that may hold rows of `window_keys`, read, with its frame.
+
+    Records on `seen` (an `IngestResult` or a label batch) every file present, those the
+    catalog knows hold nothing in the window (skipped) and those rejected whole with their
+    reason (in-flight, unsupported, unreadable, a required column missing). The caller counts
+    the files it validates as read.
+    """
+    for file in discover(directory):
+        seen.present_files.append(file.relpath)
+        if file.problem:
+            seen.rejected_files.append((file, file.problem))
+            continue
+        if not catalog.may_overlap(file, window_keys[0], window_keys[-1]):
+            seen.files_skipped += 1
+            continue
+        try:
+            yield file, read_landed_file(file, required, delimiter)
+        except BadFile as error:
+            seen.rejected_files.append((file, str(error)))
 
 
 def data_columns(config: Config) -> list[str]:

@@ -24,12 +24,10 @@ from ct_assets.lib.config import Config
 from ct_assets.lib.files import (
     ROW_NUMBER,
     SOURCE_FILE,
-    BadFile,
     LandedFile,
-    discover,
     read_landed_file,
 )
-from ct_assets.lib.ingest import FileCatalog, partition_keys
+from ct_assets.lib.ingest import FileCatalog, partition_keys, read_window_files
 from ct_assets.lib.validation import (
     CHECK,
     PARTITION,
@@ -92,19 +90,8 @@ def read_labels(config: Config, start: dt.datetime, end: dt.datetime, catalog: F
     keys = partition_keys(config, start, end)
     batch = LabelBatch(pl.DataFrame(), pl.DataFrame(schema=REJECTED_SCHEMA))
     goods, rejected = [], []
-    for file in discover(settings.landing_dir):
-        batch.present_files.append(file.relpath)
-        if file.problem:
-            batch.rejected_files.append((file, file.problem))
-            continue
-        if not catalog.may_overlap(file, keys[0], keys[-1]):
-            batch.files_skipped += 1
-            continue
-        try:
-            frame = read_landed_file(file, [settings.id, settings.label])
-        except BadFile as error:
-            batch.rejected_files.append((file, str(error)))
-            continue
+    for file, frame in read_window_files(settings.landing_dir, catalog, keys,
+                                         [settings.id, settings.label], ",", batch):
         good, bad = _type_labels(frame, file, config)
         batch.files_read += 1
         batch.good_files.append(file.relpath)

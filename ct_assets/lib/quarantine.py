@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ct_assets.lib.files import ROW_NUMBER, SOURCE_FILE
+from ct_assets.lib.files import ROW_NUMBER, SOURCE_FILE, LandedFile
 from ct_assets.lib.validation import CHECK, PARTITION, REASON, REJECTED_SCHEMA
 
 
@@ -94,6 +94,26 @@ class Quarantine:
         for path in (self.directory / "rows").glob("file=*.parquet"):
             if path.stem.removeprefix("file=") not in kept_ids:
                 path.unlink(missing_ok=True)
+
+    def record_scan(self, partition_keys: list[str], rejected: pl.DataFrame,
+                    good_files: list[str], present_files: list[str],
+                    rejected_files: list[tuple[LandedFile, str]]) -> None:
+        """Make the records of one scan of a landing dir over `partition_keys` exactly these.
+
+        Rejected rows with a partition replace those of their partition; rows without one
+        (no usable time) replace those of their file, for every file read; files rejected
+        whole are recorded, files readable again forgotten, files gone from the dir dropped.
+        """
+        placed = rejected.filter(pl.col(PARTITION).is_not_null())
+        unplaced = rejected.filter(pl.col(PARTITION).is_null())
+        self.replace_partition_rows(partition_keys, placed)
+        for source_file in good_files:
+            self.clear_file(source_file)
+            self.replace_unplaced_rows(source_file,
+                                       unplaced.filter(pl.col(SOURCE_FILE) == source_file))
+        self.forget_missing_files(present_files)
+        for file, reason in rejected_files:
+            self.reject_file(file.relpath, reason, file.size)
 
     def rejected_rows(self) -> pl.DataFrame:
         """Every recorded rejected row."""

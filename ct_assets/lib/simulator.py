@@ -211,6 +211,7 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
     """
     landing_dir = Path(landing_dir)
     written = []
+    simulated: dict[dt.date, pl.DataFrame] = {}  # days of this call, for their later labels
     for offset in range(days):
         day = start + dt.timedelta(days=offset)
         frame = simulate_day(day, rows_per_day, seed=seed, drift=drift)
@@ -219,12 +220,14 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
             continue
         written.append(_write_atomic(frame.drop(TARGET_COLUMN),
                                      landing_dir / f"transactions_{day}.parquet"))
+        simulated[day] = frame  # kept until its labels land, `label_delay` days on
         labelled_day = day - dt.timedelta(days=label_delay)
         if labelled_day < start and not (landing_dir /
                                          f"transactions_{labelled_day}.parquet").exists():
             continue  # that day's transactions never landed: there is nothing to label
-        labelled = (frame if label_delay == 0
-                    else simulate_day(labelled_day, rows_per_day, seed=seed, drift=drift))
+        labelled = simulated.pop(labelled_day, None)
+        if labelled is None:  # landed by an earlier call: the same day again (deterministic)
+            labelled = simulate_day(labelled_day, rows_per_day, seed=seed, drift=drift)
         labels = labelled.select(
             ID_COLUMN, TARGET_COLUMN,
             (pl.col(TIMESTAMP_COLUMN) + dt.timedelta(days=label_delay)).alias(KNOWN_AT_COLUMN))
