@@ -14,6 +14,7 @@ from ct_assets.lib.features import offset_partitions
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
 from ct_assets.lib.monitoring import (
+    degradation,
     error_of,
     load_profiles,
     partition_drift,
@@ -129,8 +130,10 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         check_specs=[dg.AssetCheckSpec(
             "performance", asset="model_performance",
             description="Fails when the gate metric on labelled predictions falls below "
-                        "triggers.min_performance, or Page-Hinkley detects a rise in the error "
-                        "series (concept drift without a covariate signature).")],
+                        "triggers.min_performance, Page-Hinkley detects a rise in the error "
+                        "series (concept drift without a covariate signature), or the deployed "
+                        "model's last partitions are worse than it was validated at by more "
+                        "than triggers.max_degradation.")],
         metadata={"dagster/table_name": "warehouse.main.model_performance"},
     )
     def model_performance(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -182,14 +185,17 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         table = _with_start(pl.DataFrame(rows), config)
         store.replace_range("model_performance", table, PARTITION_START, window.start,
                             window.end)
+        metric = str(config.gate.metric)
         history = store.query(
-            f"SELECT {PARTITION}, model_version, error FROM model_performance "
+            f'SELECT {PARTITION}, model_version, error, "{metric}" FROM model_performance '
             f"ORDER BY {PARTITION_START}")
-        metric = config.gate.metric
         latest = table.sort(PARTITION).row(-1, named=True)
         series = history.filter(pl.col("model_version") == latest["model_version"])
         alarm = performance_alarm(series["error"].to_list(),
                                   **config.drift.page_hinkley.model_dump())
+        validated = (model_store.get().decision(latest["model_version"]) or {}
+                     ).get("candidate_value")
+        degraded = degradation(series[metric].to_list(), validated, config)
         value = latest.get(metric)
         floor = triggers.min_performance
         low = [row[PARTITION] for row in table.iter_rows(named=True)
@@ -201,13 +207,15 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
             "labelled_partitions": ", ".join(keys), "page_hinkley_alarm": alarm,
         })
         yield dg.AssetCheckResult(
-            check_name="performance", passed=not low and not alarm,
+            check_name="performance", passed=not low and not alarm and degraded is None,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"observed": value, "threshold": triggers.min_performance,
                       "metric": metric, "partitions_below": ", ".join(low) or "none",
-                      "first_flagged": (min(low) if low else latest[PARTITION] if alarm
-                                        else "none"),
-                      "page_hinkley_alarm": alarm, "model_version": latest["model_version"]},
+                      "first_flagged": (min(low) if low else latest[PARTITION]
+                                        if alarm or degraded else "none"),
+                      "page_hinkley_alarm": alarm, "validated_value": validated,
+                      "degradation": degraded or "none",
+                      "model_version": latest["model_version"]},
         )
 
     return [drift_report, model_performance]

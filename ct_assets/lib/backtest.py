@@ -40,7 +40,13 @@ from ct_assets.lib.config import Config, worse_than
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
 from ct_assets.lib.features import build_features, offset_partitions
 from ct_assets.lib.ingest import FileCatalog, ingest_window, keys_between
-from ct_assets.lib.monitoring import error_of, fit_profiles, partition_drift, performance_alarm
+from ct_assets.lib.monitoring import (
+    degradation,
+    error_of,
+    fit_profiles,
+    partition_drift,
+    performance_alarm,
+)
 from ct_assets.lib.training import TrainedModel, encode_labels
 from ct_assets.lib.training_set import apply_plan, choose_reference, plan_training_set
 from ct_assets.lib.triggers import cooldown_reason, followup_due
@@ -103,6 +109,7 @@ class Deployed:
     profiles: dict[str, Any]
     regime: tuple[str | None, str | None] = (None, None)
     regime_partitions: int = 0  # partitions of its regime it was fitted on
+    validated: float | None = None  # its gate metric on the holdout it was judged on
 
 
 @dataclass
@@ -189,7 +196,8 @@ class Replay:
         learned = sum(key >= plan.regime_start for key in candidate.info["refit"]["partitions"]
                       ) if plan.regime_start else 0
         return Deployed(name, candidate.final, candidate.evaluation, candidate.threshold,
-                        profiles, (plan.regime_start, plan.regime_kind), learned), True
+                        profiles, (plan.regime_start, plan.regime_kind), learned,
+                        judged.decision.candidate_value), True
 
     def _first_model(self) -> tuple[int, Deployed]:
         """The first partition at whose end a full window can be trained, and that model."""
@@ -213,6 +221,7 @@ class Replay:
         deployed, last_change = self.initial, None
         scored: dict[str, tuple[Deployed, np.ndarray]] = {}
         errors: dict[str, list[float]] = {}
+        values_of: dict[str, list[float]] = {}
         pending: Deployed | None = None
         followed: set[str | None] = set()  # regimes whose follow-up was launched (run key)
         pooled_y, pooled_scores = [], []
@@ -248,6 +257,9 @@ class Replay:
                     low = floor is not None and math.isfinite(values[self.metric]) and \
                         worse_than(config.dataset.task, self.metric, values[self.metric], floor)
                     alarm = performance_alarm(series, **config.drift.page_hinkley.model_dump())
+                    realised = values_of.setdefault(model.name, [])
+                    realised.append(values[self.metric])
+                    alarm = alarm or degradation(realised, model.validated, config) is not None
                     if policy in ("performance", "drift+performance") and (low or alarm):
                         events.append(("performance", labelled_key))
                     if policy == "online":

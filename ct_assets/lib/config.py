@@ -229,11 +229,12 @@ class TrainingConfig(_Section):
         return self
 
 
-# Per task: the default gate metric, its default gate.min_value and triggers.min_performance.
-DEFAULT_METRIC: dict[str, tuple[str, float | None, float | None]] = {
-    "binary": ("roc_auc", 0.6, 0.7),
-    "multiclass": ("accuracy", None, None),
-    "regression": ("rmse", None, None),
+# Per task: the default gate metric, its default gate.min_value, triggers.min_performance and
+# triggers.max_degradation.
+DEFAULT_METRIC: dict[str, tuple[str, float | None, float | None, float | None]] = {
+    "binary": ("roc_auc", 0.6, 0.7, 0.05),
+    "multiclass": ("accuracy", None, None, 0.05),
+    "regression": ("rmse", None, None, None),
 }
 # Metrics whose values lie in [0, 1]; the others (log_loss, rmse, mae) are >= 0, r2 is <= 1.
 UNIT_METRICS = frozenset({"roc_auc", "pr_auc", "brier", "precision", "recall", "f1",
@@ -292,6 +293,7 @@ class TriggersConfig(_Section):
     max_model_age: str = "7d"
     cron: str = "0 3 * * 0"
     min_performance: float | None = None
+    max_degradation: float | None = Field(default=None, ge=0)
     label_delay: int = Field(default=1, ge=0)
     cooldown: int = Field(default=3, ge=0)
 
@@ -333,19 +335,22 @@ class Config(_Section):
     def _check_metrics(self) -> Config:
         """Resolve the per-task metric defaults; refuse a metric or bound the task cannot have."""
         task = self.dataset.task
-        metric, min_value, floor = DEFAULT_METRIC[task]
+        metric, min_value, floor, degradation = DEFAULT_METRIC[task]
         chosen = self.gate.metric or metric
         if chosen not in METRICS[task]:
             raise ValueError(f"gate.metric: {chosen!r} is not a {task} metric; expected one of "
                              f"{', '.join(METRICS[task])}")
         if chosen != metric:
-            min_value, floor = None, None  # the defaults belong to the default metric
+            # the defaults belong to the default metric
+            min_value, floor, degradation = None, None, None
         gate = self.gate.model_copy(update={
             "metric": chosen, "min_value": self.gate.min_value if self.gate.min_value is not None
             else min_value})
         triggers = self.triggers.model_copy(update={
             "min_performance": self.triggers.min_performance
-            if self.triggers.min_performance is not None else floor})
+            if self.triggers.min_performance is not None else floor,
+            "max_degradation": self.triggers.max_degradation
+            if self.triggers.max_degradation is not None else degradation})
         for key, value in (("gate.min_value", gate.min_value),
                            ("triggers.min_performance", triggers.min_performance)):
             if value is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from ct_assets.lib.config import Config, DriftConfig
+from ct_assets.lib.config import Config, DriftConfig, worse_than
 from ct_assets.lib.detectors import page_hinkley_scan
 from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary
 from ct_assets.lib.features import feature_schema
@@ -208,3 +208,35 @@ def performance_alarm(errors: list[float], **params: Any) -> bool:
     """
     alarms = page_hinkley_scan(errors, **{"mode": "up", **params})
     return bool(alarms) and alarms[-1] == len(errors) - 1
+
+
+DEGRADATION_PARTITIONS = 3  # the realised metric is averaged over this many newest partitions
+
+
+def degradation(values: list[float], validated: float | None, config: Config) -> str | None:
+    """Why the deployed model performs worse than it was validated at, or None.
+
+    A model approved by the gate was measured on its holdout; when the mean of its realised
+    metric over its newest `DEGRADATION_PARTITIONS` measured partitions is worse than that
+    by more than `triggers.max_degradation`, the world it learned has moved on, even if the
+    metric never crosses `triggers.min_performance` and never drops in one step (which
+    Page-Hinkley would see): a change in one segment, say, after a retrain on the inputs.
+
+    Args:
+        values: the deployed model's realised metric per partition, oldest first.
+        validated: its metric on the holdout the gate judged it on (None: unknown).
+        config: `gate.metric`, `dataset.task` and `triggers.max_degradation`.
+    """
+    allowed = config.triggers.max_degradation
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    if allowed is None or validated is None or not math.isfinite(validated) or \
+            len(finite) < DEGRADATION_PARTITIONS:
+        return None
+    metric = str(config.gate.metric)
+    mean = sum(finite[-DEGRADATION_PARTITIONS:]) / DEGRADATION_PARTITIONS
+    bound = validated - allowed if config.metric_higher_is_better else validated + allowed
+    if not worse_than(config.dataset.task, metric, mean, bound):
+        return None
+    return (f"{metric} {mean:.4f} over the last {DEGRADATION_PARTITIONS} measured partitions "
+            f"is worse than the {validated:.4f} the model was validated at by more than "
+            f"triggers.max_degradation {allowed}")

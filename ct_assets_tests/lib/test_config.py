@@ -135,16 +135,18 @@ REGRESSION_DATASET = {**FILES_DATASET, "task": "regression",
 
 def test_metric_defaults_follow_the_task(tmp_path):
     binary = config_from_dict({"dataset": FILES_DATASET}, base_dir=tmp_path)
-    assert (binary.gate.metric, binary.gate.min_value, binary.triggers.min_performance) == (
-        "roc_auc", 0.6, 0.7)
+    assert (binary.gate.metric, binary.gate.min_value, binary.triggers.min_performance,
+            binary.triggers.max_degradation) == ("roc_auc", 0.6, 0.7, 0.05)
     assert binary.metric_higher_is_better
     regression = config_from_dict({"dataset": REGRESSION_DATASET}, base_dir=tmp_path)
     assert (regression.gate.metric, regression.gate.min_value,
-            regression.triggers.min_performance) == ("rmse", None, None)
+            regression.triggers.min_performance,
+            regression.triggers.max_degradation) == ("rmse", None, None, None)
     assert not regression.metric_higher_is_better
     chosen = config_from_dict({"dataset": FILES_DATASET, "gate": {"metric": "log_loss"}},
                               base_dir=tmp_path)
     assert chosen.gate.min_value is None and chosen.triggers.min_performance is None
+    assert chosen.triggers.max_degradation is None
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -72,3 +72,21 @@ def test_performance_alarm_fires_on_a_rising_error_never_on_an_improvement():
     better = [0.5, 0.48, 0.52, 0.5, 0.49, 0.5, 0.51, 0.05, 0.04]
     assert not performance_alarm(better, **settings)
     assert page_hinkley_scan(better, mode="both", **settings)  # a two-sided test would fire
+
+
+def test_degradation_compares_the_newest_partitions_with_the_validated_metric(tmp_path):
+    from ct_assets.lib.config import config_from_dict
+    from ct_assets.lib.monitoring import degradation
+
+    binary = config_from_dict({"dataset": {"source": "simulator"}}, base_dir=tmp_path)
+    assert degradation([0.80, 0.93, 0.90, 0.88], 0.92, binary) is None  # the newest three
+    assert degradation([0.80, 0.81], 0.92, binary) is None  # …and two are not enough
+    reason = degradation([0.93, 0.80, 0.82, 0.84], 0.92, binary)
+    assert reason is not None and "0.8200" in reason and "0.9200" in reason
+    assert "triggers.max_degradation 0.05" in reason
+    assert degradation([0.95, 0.97, 0.96], 0.92, binary) is None  # better never degrades
+    assert degradation([0.80, 0.81, 0.82], None, binary) is None  # never validated
+    rmse = config_from_dict({"dataset": {"source": "simulator"}, "gate": {"metric": "log_loss"},
+                             "triggers": {"max_degradation": 0.1}}, base_dir=tmp_path)
+    assert degradation([0.30, 0.31, 0.32], 0.20, rmse) is not None  # lower is better
+    assert degradation([0.10, 0.11, 0.12], 0.20, rmse) is None
