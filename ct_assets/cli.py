@@ -6,19 +6,24 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 from ct_assets.lib.config import Config, ConfigError, load_config
 from ct_assets.lib.model_store import ModelStoreError
 
-DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+INSTANCE_TEMPLATE = "templates/dagster.yaml"  # package data of ct_assets
 
 
 def prepare_dagster_home(config: Config) -> Path:
-    """Create `<storage.dir>/dagster` with the project's `dagster.yaml`, unless DAGSTER_HOME is set.
+    """Create the Dagster home (`$DAGSTER_HOME`, else `<storage.dir>/dagster`) and its config.
+
+    A home without `dagster.yaml` gets the package's template (telemetry off, the `duckdb`
+    concurrency pool that keeps runs from racing for the warehouse lock, run monitoring),
+    wherever the project's `ct.yaml` lives. An existing `dagster.yaml` (Postgres storage, say)
+    is never replaced: when it differs from the template, a warning on stderr names both.
 
     Returns:
         The Dagster home directory in use.
@@ -29,14 +34,35 @@ def prepare_dagster_home(config: Config) -> Path:
         home = config.dagster_home
         os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
-    template = config.path.parent / "dagster.yaml" if config.path else None
+    template = resources.files("ct_assets").joinpath(INSTANCE_TEMPLATE)
+    wanted = template.read_bytes()
     target = home / "dagster.yaml"
-    if template and template.is_file():
-        if not target.exists() or target.read_bytes() != template.read_bytes():
-            shutil.copyfile(template, target)
-    elif not target.exists():
-        target.write_text(DEFAULT_INSTANCE_YAML, encoding="utf-8")
+    if not target.exists():
+        # Written aside and linked in place: never a half-written file, never an overwrite
+        # of one another process created meanwhile.
+        temporary = home / f".dagster.yaml.{os.getpid()}.tmp"
+        temporary.write_bytes(wanted)
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    if not _same_settings(target.read_bytes(), wanted):
+        print(f"ct: warning: keeping {target}, which differs from the ct_assets template "
+              f"{template} (an existing instance config is never overwritten; check that it "
+              "still limits the `duckdb` concurrency pool to 1)", file=sys.stderr)
     return home
+
+
+def _same_settings(existing: bytes, template: bytes) -> bool:
+    """Whether two instance configs hold the same settings (comments and layout aside)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(existing) == yaml.safe_load(template)
+    except yaml.YAMLError:
+        return False
 
 
 def _day(text: str) -> dt.date:
@@ -202,8 +228,15 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
-    """Deploy an earlier version: `--to VERSION`, or the one deployed before the current."""
+    """Deploy an earlier version: `--to VERSION`, or the one deployed before the current.
+
+    Refused (naming why) when the gate rejected the version or never validated it (or its
+    verdict is unsealed), or when its feature schema does not match the current config,
+    unless `--force`; a tampered file is refused even then.
+    """
+    from ct_assets.lib.features import feature_schema
     from ct_assets.lib.model_store import ModelStore, ModelStoreError
+    from ct_assets.lib.serving import schema_problems
 
     store = ModelStore(config.models_dir)
     deployed = store.deployed()
@@ -220,7 +253,18 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
         raise ModelStoreError(f"{target} is already deployed")
     if target not in store.versions():
         raise ModelStoreError(f"no model version {target!r} in {store.root}")
-    record = store.promote(target, "rollback", rolled_back_from=deployed["version"])
+    approved, why = store.trusted_verdict(target)  # a tampered verdict raises, naming it
+    problems = [] if approved else [why]
+    schema = schema_problems(store.manifest(target), feature_schema(config))
+    if schema:
+        problems.append(f"its feature schema does not match the current config "
+                        f"({'; '.join(schema)})")
+    if problems and not args.force:
+        raise ModelStoreError(f"refusing to roll back to {target}: {'; '.join(problems)}; "
+                              "pass --force to deploy it anyway")
+    record = store.promote(target, "rollback", force=bool(problems),
+                           rolled_back_from=deployed["version"],
+                           **({"forced_because": problems} if problems else {}))
     _record_deployment(config, record, f"rolled back from {deployed['version']}")
     if args.json:
         print(json.dumps(record, default=str))
@@ -275,6 +319,20 @@ def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    """Check the config against the landed data: each declared column is in some file.
+
+    The check the code location must not make: loading definitions never reads landed data
+    (a file missing a column is quarantined by `raw_events`), so a column misspelt in
+    `ct.yaml` shows up here, or as every file quarantined.
+    """
+    from ct_assets.lib.ingest import check_columns_in_data
+
+    check_columns_in_data(config)
+    print(f"{config.path or 'config'}: every declared column is in the landed data")
+    return 0
+
+
 def cmd_home(args: argparse.Namespace, config: Config) -> int:
     """Print the Dagster home of this project (created with its dagster.yaml)."""
     print(prepare_dagster_home(config))
@@ -324,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = commands.add_parser("rollback", help="deploy an earlier model version")
     rollback.add_argument("--to", metavar="VERSION", help="default: the previously deployed")
+    rollback.add_argument("--force", action="store_true",
+                          help="deploy it even if the gate rejected or never validated it, or "
+                               "its feature schema differs from the config")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=cmd_rollback)
 
@@ -336,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--chart", metavar="PATH", help="write the chart (PNG) there")
     backtest.add_argument("--json", action="store_true")
     backtest.set_defaults(handler=cmd_backtest)
+
+    check = commands.add_parser("check", help="check the config's columns against landed data")
+    check.set_defaults(handler=cmd_check)
 
     home = commands.add_parser("home", help="print (and create) this project's DAGSTER_HOME")
     home.set_defaults(handler=cmd_home)

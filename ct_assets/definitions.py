@@ -22,17 +22,21 @@ from ct_assets.defs.monitoring import build_monitoring_assets, label_dependencie
 from ct_assets.defs.online import build_online_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
+from ct_assets.defs.runs import RETRAIN_TAG
 from ct_assets.defs.training import build_training_assets
 from ct_assets.defs.validation import build_validation_assets
 from ct_assets.lib.config import Config, load_config
-from ct_assets.lib.ingest import check_columns_in_data
 
 RETRAIN_ASSETS = ("training_set", "candidate_model", "validation_report", "deployed_model")
 
 
 def build_definitions(config: Config) -> dg.Definitions:
-    """Every asset, check, job and resource for one configuration."""
-    check_columns_in_data(config)
+    """Every asset, check, job and resource for one configuration.
+
+    Built from the configuration alone, never from landed data: a bad landed file (renamed
+    columns, say) is quarantined with its reason when `raw_events` reads it; it must not stop
+    the code location from loading, which would take every sensor down with it.
+    """
     partitions_def = build_partitions(config)
     assets = [
         *build_ingest_assets(config, partitions_def),
@@ -48,6 +52,10 @@ def build_definitions(config: Config) -> dg.Definitions:
     data_job = dg.define_asset_job(
         "data_job", selection=dg.AssetSelection.assets("raw_events", "features"),
     )
+    features_job = dg.define_asset_job(
+        "features_job", selection=dg.AssetSelection.assets("features"),
+        description="Rebuild features only: the partitions after late data, whose recent means "
+                    "read the partitions it changed.")
     landing_job = dg.define_asset_job(
         "landing_job", selection=dg.AssetSelection.assets(
             "raw_events", "features", *MONITORED_ON_LANDING),
@@ -56,6 +64,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     retrain_job = dg.define_asset_job(
         "retrain_job", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS),
         description="Train a candidate, validate it against the champion, promote if approved.",
+        tags={RETRAIN_TAG: "true"},  # dagster.yaml runs one run with this tag at a time
     )
     scoring_job = dg.define_asset_job(
         "scoring_job", selection=dg.AssetSelection.assets("predictions"))
@@ -63,7 +72,8 @@ def build_definitions(config: Config) -> dg.Definitions:
         "drift_job", selection=dg.AssetSelection.assets("drift_report"))
     performance_job = dg.define_asset_job(
         "performance_job", selection=dg.AssetSelection.assets("model_performance"))
-    jobs = [data_job, landing_job, retrain_job, scoring_job, drift_job, performance_job]
+    jobs = [data_job, features_job, landing_job, retrain_job, scoring_job, drift_job,
+            performance_job]
     triggers = config.triggers
     sensors = [build_landing_sensor(config, partitions_def)]
     if config.training.strategy == "online":

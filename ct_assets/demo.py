@@ -16,7 +16,7 @@ from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.monitoring import drift_verdict
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.validation import PARTITION
-from ct_assets.lib.warehouse import Warehouse
+from ct_assets.lib.warehouse import Warehouse, quote_identifier
 from ct_assets.runner import format_summary, run_pipeline
 
 
@@ -59,11 +59,11 @@ MODEL_COLUMNS = ["version", "reason", "promoted_at", "holdout_before", "holdout_
 def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
     """One row per partition: rows, drift, realised metric, scoring model, and events."""
     warehouse = Warehouse(config.warehouse_path)
-    metric = config.gate.metric
-    rows = warehouse.query(f"SELECT {PARTITION} AS partition, count(*) AS rows FROM raw_events "
+    metric, partition = quote_identifier(str(config.gate.metric)), quote_identifier(PARTITION)
+    rows = warehouse.query(f"SELECT {partition} AS partition, count(*) AS rows FROM raw_events "
                            "GROUP BY 1")
     reports = warehouse.query(
-        f"SELECT {PARTITION} AS partition, segment, feature, statistic, drifted "
+        f"SELECT {partition} AS partition, segment, feature, statistic, drifted "
         "FROM drift_report")
     verdicts = {key: drift_verdict(report, config) for (key,), report
                 in reports.partition_by("partition", as_dict=True).items()}
@@ -74,9 +74,9 @@ def timeline(config: Config, drift_day: dt.date | None = None) -> list[dict]:
         schema={"partition": pl.String, "drifted_features": pl.Int64,
                 "drift_share": pl.Float64, "drift_detected": pl.Boolean})
     performance = warehouse.query(
-        f"SELECT {PARTITION} AS partition, {metric} AS metric FROM model_performance")
+        f"SELECT {partition} AS partition, {metric} AS metric FROM model_performance")
     scored = warehouse.query(
-        f"SELECT {PARTITION} AS partition, min(model_version) AS scored_by FROM predictions "
+        f"SELECT {partition} AS partition, min(model_version) AS scored_by FROM predictions "
         "GROUP BY 1")
     table = (rows.join(drift, on="partition", how="left")
              .join(performance, on="partition", how="left")

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from ct_assets.definitions import build_definitions
-from ct_assets.defs.automation import DETAIL_TAG
-from ct_assets.defs.metadata import REASON_TAG
+from ct_assets.defs.automation import DETAIL_TAG, GATE_CHECK
+from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
+from ct_assets.lib.triggers import TriggerLog
 from ct_assets.lib.validation import PARTITION
-from ct_assets.lib.warehouse import Warehouse
+from ct_assets.lib.warehouse import Warehouse, quote_identifier
 
 # Beta notices about backfill policies and partition mappings are noise for `ct` users.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -29,6 +32,11 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
+# Dagster's own console lines (a blocking check's failure comes with a stack trace) are off by
+# default: the runner prints each run's outcome itself. `CT_LOG_LEVEL=INFO` brings them back.
+LOG_LEVEL = os.environ.get("CT_LOG_LEVEL", "CRITICAL").upper()
+
+
 class _Runner:
     """Runs jobs in-process against one instance, printing progress and recording each run."""
 
@@ -36,23 +44,27 @@ class _Runner:
         self.defs, self.instance, self.progress = defs, instance, progress
         self.runs: list[dict] = []
 
-    def run(self, job_name: str, label: str, tags: dict[str, str]) -> bool:
+    def run(self, job_name: str, label: str, tags: dict[str, str]) -> dict:
+        """Run one job; its record: `outcome` ok, rejected (the gate said no) or failed."""
         began = time.perf_counter()
         if self.progress:
             print(f"[{len(self.runs) + 1}] {job_name} {label}", end="", file=sys.stderr,
                   flush=True)
         result = self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, resources=self.defs.resources, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}},
             tags=tags,
         )
         seconds = time.perf_counter() - began
-        self.runs.append({"job": job_name, "what": label, "run_id": result.run_id,
-                          "success": result.success, "seconds": round(seconds, 2)})
+        record = {"job": job_name, "what": label, "run_id": result.run_id,
+                  "success": result.success, "seconds": round(seconds, 2), **run_outcome(result)}
+        self.runs.append(record)
         if self.progress:
-            print(f"  {'ok' if result.success else 'FAILED'} in {seconds:.1f}s",
-                  file=sys.stderr)
-        return result.success
+            said = {"ok": "ok", "rejected": "REJECTED", "failed": "FAILED"}[record["outcome"]]
+            print(f"  {said} in {seconds:.1f}s", file=sys.stderr)
+            if record.get("message"):
+                print(f"    {record['message']}", file=sys.stderr)
+        return record
 
     def partitioned(self, job_name: str, keys: set[str], ordered: list[str]) -> None:
         for first, last in contiguous_ranges(keys, ordered):
@@ -89,6 +101,9 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
         done = _materialized(instance, "raw_events")
         ingest = landed if rebuild else pending | (landed - done)
         runner.partitioned("data_job", ingest, ordered)
+        # Late rows change the recent means of the next `features.lookback` partitions.
+        following = partitions_after(ingest, ordered, config.features.lookback) & (done - ingest)
+        runner.partitioned("features_job", following, ordered)
         fresh_labels: set[str] = set()
         if config.dataset.labels is not None:
             arrived, changed = landed_partitions(
@@ -99,18 +114,31 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
         if store.deployed() is None and landed:
             runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
         if store.deployed() is not None:
-            _monitor(runner, config, landed, ingest, ordered, fresh_labels)
-            triggered = evaluate_triggers(defs, instance, config)
-            if triggered:
-                request = triggered[0]  # one retrain per pass answers every pending trigger
-                reason = request.tags[REASON_TAG]
-                runner.run("retrain_job", f"({reason}: {request.tags.get(DETAIL_TAG, '')})",
-                           dict(request.tags))
+            _monitor(runner, config, landed, ingest | following, ordered, fresh_labels)
+            triggers = evaluate_triggers(defs, instance, config)
+            if triggers.requests:
+                request = triggers.requests[0]  # one retrain per pass: it trains on every
+                reason = request.tags[REASON_TAG]  # landed partition, so it answers them all
+                record = runner.run(
+                    "retrain_job", f"({reason}: {request.tags.get(DETAIL_TAG, '')})",
+                    dict(request.tags))
+                if record["outcome"] != "failed":  # a crash leaves the events pending
+                    triggers.commit(answered_by=record["run_id"])
+            else:
+                triggers.commit()
     return {"landed_partitions": len(landed), "runs": runner.runs,
-            "failed_runs": sum(not run["success"] for run in runner.runs),
+            "failed_runs": sum(run["outcome"] == "failed" for run in runner.runs),
+            "rejected": [run["message"] for run in runner.runs if run["outcome"] == "rejected"],
             "partitions": partition_summary(config, sorted(landed)),
             "deployed": store.deployed(),
             "sample_predictions": sample_predictions(config)}
+
+
+def partitions_after(keys: set[str], ordered: list[str], count: int) -> set[str]:
+    """The `count` partitions after each of `keys` (in `ordered`), which read them."""
+    position = {key: index for index, key in enumerate(ordered)}
+    return {ordered[index] for key in keys if key in position
+            for index in range(position[key] + 1, min(position[key] + count + 1, len(ordered)))}
 
 
 def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
@@ -148,20 +176,87 @@ def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[st
                            ordered)
 
 
+def run_outcome(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """What a run came to: `ok`, `rejected` or `failed`, and a message.
+
+    `rejected`: the gate refused the candidate and nothing else failed, a normal outcome of a
+    retrain; `failed`: anything else that did not succeed, with each failed step's error.
+    """
+    if result.success:
+        return {"outcome": "ok"}
+    refused = [evaluation for evaluation in result.get_asset_check_evaluations()
+               if evaluation.asset_check_key == GATE_CHECK and not evaluation.passed]
+    failures = result.get_step_failure_events()
+    only_gate = all(event.step_key == "validation_report" and event.step_failure_data.error
+                    and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+                    for event in failures)
+    if refused and only_gate:
+        metadata = refused[-1].metadata
+        version = metadata["candidate_version"].value if "candidate_version" in metadata \
+            else "?"
+        verdict = str(metadata["verdict"].value if "verdict" in metadata
+                      else "refused by the gate").removeprefix("rejected: ")
+        return {"outcome": "rejected", "candidate": str(version),
+                "message": f"candidate {version} rejected: {verdict}"}
+    errors = []
+    for event in failures:
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:  # the user's error, not the
+            error = error.cause  # framework's wrapper around it
+        message = " ".join(str(error.message).split()) if error else "no error recorded"
+        errors.append(f"step {event.step_key}: {message}")
+    return {"outcome": "failed",
+            "message": "; ".join(errors) or f"run {result.run_id} failed (see its logs in the "
+                                             "Dagster UI)"}
+
+
+class TriggerPass:
+    """The retrains the trigger sensors ask for in one pass, and their state to keep.
+
+    The state (sensor cursors and the run keys answered, `<storage>/ct_run_state.json`) is
+    written only by `commit`: when the retrain ran to a verdict, or nothing was asked. A
+    retrain that crashed leaves the events pending, so the next pass asks again.
+    """
+
+    def __init__(self, config: Config, requests: list[tuple[str, dg.RunRequest]],
+                 cursors: dict, answered: set[str]) -> None:
+        self.config, self.sensors = config, [name for name, _ in requests]
+        self.requests = [request for _, request in requests]
+        self.cursors, self.answered = cursors, answered
+
+    def commit(self, answered_by: str | None = None) -> None:
+        """Keep the sensors' cursors and mark the requests answered (by run `answered_by`)."""
+        log = TriggerLog(self.config.storage_dir)
+        for sensor, request in zip(self.sensors[1:], self.requests[1:], strict=True):
+            log.record(sensor, "skipped",
+                       str(request.tags.get(CHANGE_POINT_TAG, "?")),
+                       f"{request.run_key}: answered by retrain run {answered_by} "
+                       f"({self.requests[0].run_key}), one retrain per pass")
+        answered = self.answered | {request.run_key for request in self.requests
+                                    if request.run_key}
+        state_path(self.config).write_text(json.dumps(
+            {"cursors": self.cursors, "run_keys": sorted(answered)}))
+
+
+def state_path(config: Config) -> Path:
+    """Where `ct run` keeps its sensors' cursors and the run keys it answered."""
+    return config.storage_dir / "ct_run_state.json"
+
+
 def evaluate_triggers(defs: dg.Definitions, instance: dg.DagsterInstance, config: Config
-                      ) -> list[dg.RunRequest]:
+                      ) -> TriggerPass:
     """Evaluate the retrain sensors that `triggers` switches on, as the daemon would.
 
-    Their cursors and the run keys already launched are kept in `<storage>/ct_run_state.json`,
-    so a pass never answers the same event twice.
+    Their cursors and the run keys already answered are kept in `<storage>/ct_run_state.json`
+    (once the pass commits), so a pass never answers the same event twice.
     """
-    state_path = config.storage_dir / "ct_run_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    cursors, launched = state.get("cursors", {}), set(state.get("run_keys", []))
+    path = state_path(config)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    cursors, answered = dict(state.get("cursors", {})), set(state.get("run_keys", []))
     switched = {"drift_sensor": config.triggers.drift,
                 "performance_sensor": config.triggers.performance,
                 "freshness_sensor": config.triggers.freshness}
-    requests = []
+    requests: list[tuple[str, dg.RunRequest]] = []
     for name, enabled in switched.items():
         if not enabled:
             continue
@@ -170,12 +265,9 @@ def evaluate_triggers(defs: dg.Definitions, instance: dg.DagsterInstance, config
         result = defs.resolve_sensor_def(name).evaluate_tick(context)
         if result.cursor is not None:
             cursors[name] = result.cursor
-        for request in result.run_requests or []:
-            if request.run_key not in launched:
-                launched.add(request.run_key)
-                requests.append(request)
-    state_path.write_text(json.dumps({"cursors": cursors, "run_keys": sorted(launched)}))
-    return requests
+        requests += [(name, request) for request in result.run_requests or []
+                     if request.run_key not in answered]
+    return TriggerPass(config, requests, cursors, answered)
 
 
 def sample_predictions(config: Config, rows: int = 5) -> list[dict]:
@@ -184,8 +276,8 @@ def sample_predictions(config: Config, rows: int = 5) -> list[dict]:
     if not warehouse.table_exists("predictions"):
         return []
     frame = warehouse.query(
-        f'SELECT * EXCLUDE ({PARTITION}) FROM predictions '
-        f'ORDER BY "{config.dataset.timestamp}" DESC LIMIT {int(rows)}')
+        f"SELECT * EXCLUDE ({quote_identifier(PARTITION)}) FROM predictions "
+        f"ORDER BY {quote_identifier(str(config.dataset.timestamp))} DESC LIMIT ?", [int(rows)])
     return frame.to_dicts()
 
 
@@ -195,7 +287,8 @@ def partition_summary(config: Config, keys: list[str]) -> list[dict]:
     counts: dict[str, dict[str, int]] = {key: {} for key in keys}
     for table in ("raw_events", "features"):
         if warehouse.table_exists(table):
-            frame = warehouse.query(f"SELECT {PARTITION}, count(*) AS n FROM {table} GROUP BY 1")
+            frame = warehouse.query(f"SELECT {quote_identifier(PARTITION)}, count(*) AS n "
+                                    f"FROM {quote_identifier(table)} GROUP BY 1")
             for key, count in frame.iter_rows():
                 counts.setdefault(key, {})[table] = count
     rejected = Quarantine(config.quarantine_dir).rejected_rows()
@@ -212,6 +305,9 @@ def format_summary(summary: dict) -> str:
     totals = pl.DataFrame(partitions) if partitions else None
     lines = [f"{summary['landed_partitions']} partitions landed; "
              f"{len(summary['runs'])} run(s), {summary['failed_runs']} failed"]
+    lines += summary.get("rejected", [])
+    lines += [f"run {run['run_id']} ({run['job']} {run['what']}) failed: {run['message']}"
+              for run in summary["runs"] if run["outcome"] == "failed"]
     if partitions:
         lines += ["", text_table(partitions, ["partition", "rows", "quarantined", "features"])]
     if totals is not None:

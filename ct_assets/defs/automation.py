@@ -5,8 +5,6 @@ allows one writing process and may be held by a run.
 """
 
 import datetime as dt
-import hashlib
-import json
 import os
 
 import dagster as dg
@@ -16,8 +14,7 @@ from dagster._core.storage.asset_check_execution_record import (
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
 from ct_assets.lib.config import Config, parse_duration
-from ct_assets.lib.ingest import contiguous_ranges
-from ct_assets.lib.landing import LandingChanges, scan_landing
+from ct_assets.lib.landing import LandingCursor, LandingRun, plan_landing_runs, scan_landing
 from ct_assets.lib.triggers import TriggerLog, cooldown_reason, followup_due
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -39,33 +36,35 @@ def build_label_sensor(config: Config, partitions_def: dg.PartitionsDefinition
     def label_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """New, changed or removed label files → `labels` for the partitions they became known in.
 
-        Tracked by content like data files; the automation sensor then measures the
-        performance of the partitions whose labels these are.
+        Tracked by content like data files, with the same generations in the cursor and the
+        run keys (a label file going X → Y → X is ingested three times); the automation
+        sensor then measures the performance of the partitions whose labels these are.
         """
-        known = json.loads(context.cursor) if context.cursor else {}
-        changes = scan_landing(config, known, labels=True)
+        cursor = LandingCursor.parse(context.cursor)
+        changes = scan_landing(config, cursor.files, labels=True)
+        runs, after = plan_landing_runs(cursor, changes, partitions_def.get_partition_keys(),
+                                        kind="labels")
         if not changes.changed and not changes.removed:
-            return dg.SkipReason(f"no new or changed label files in {config.labels_dir}"
-                                 if changes.state == known else "only metadata changed")
-        requests = _range_requests("labels", changes, partitions_def, ["labels"])
+            if changes.state == cursor.files:
+                return dg.SkipReason(f"no new or changed label files in {config.labels_dir}")
+            return dg.SensorResult(skip_reason="only metadata changed", cursor=after.dump())
+        requests = landing_requests("labels", runs, ["labels"])
         context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
-                         f"label file(s) → {len(requests)} run(s) of labels")
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
+                         f"label file(s) → {len(requests)} run(s) of labels "
+                         f"(generation {after.generation})")
+        return dg.SensorResult(run_requests=requests, cursor=after.dump())
 
     return label_sensor
 
 
-def _range_requests(kind: str, changes: LandingChanges, partitions_def: dg.PartitionsDefinition,
-                    assets: list[str]) -> list[dg.RunRequest]:
-    """One run per contiguous range of changed partitions, keyed by the contents it ingests."""
-    ordered = partitions_def.get_partition_keys()
-    content = hashlib.sha256("\n".join(sorted(changes.content_ids)).encode()).hexdigest()
-    return [
-        dg.RunRequest(run_key=f"{kind}:{content[:16]}:{first}:{last}",
-                      asset_selection=[dg.AssetKey(asset) for asset in assets],
-                      tags={RANGE_START_TAG: first, RANGE_END_TAG: last, "ct/trigger": kind})
-        for first, last in contiguous_ranges(changes.partitions, ordered)
-    ]
+def landing_requests(kind: str, runs: list[LandingRun], assets: list[str]
+                     ) -> list[dg.RunRequest]:
+    """One run request per planned range (`plan_landing_runs`), materializing `assets`."""
+    return [dg.RunRequest(run_key=run.run_key,
+                          asset_selection=[dg.AssetKey(asset) for asset in assets],
+                          tags={RANGE_START_TAG: run.first, RANGE_END_TAG: run.last,
+                                "ct/trigger": kind})
+            for run in runs]
 
 
 def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
@@ -77,20 +76,24 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """New, changed or removed complete files → `landing_job` for the partitions they cover.
 
-        Files are tracked by content (sha256), so a file is taken once per content and a copy
-        with an old mtime is still seen; files still being written are left for a later tick.
-        The cursor (what was seen) lives in the instance and survives daemon restarts; each
-        run's key is derived from the contents it ingests, so a retried tick starts no second
-        run. Once a model is deployed, the same run also scores the partitions and checks
-        their drift, so a drifted file reaches `drift_sensor` without waiting for a tick of the
-        automation sensor.
+        Files are tracked by content (sha256), so a file is taken once per change of content
+        and a copy with an old mtime is still seen; files still being written are left for a
+        later tick. The cursor (what was seen, and a generation that grows with every tick
+        that found a change) lives in the instance and survives daemon restarts. Each run's
+        key holds the generation and the contents it ingests: a content that comes back
+        (X → Y → X) or a file landed again after its removal gets a new run, while a retried
+        tick starts no second one. Once a model is deployed, the same run also scores the
+        partitions and checks their drift, so a drifted file reaches `drift_sensor` without
+        waiting for a tick of the automation sensor.
         """
-        known = json.loads(context.cursor) if context.cursor else {}
-        changes = scan_landing(config, known)
-        if not changes.changed and not changes.removed:
-            return dg.SkipReason(f"no new or changed files in {config.landing_dir}"
-                                 if changes.state == known else "only metadata changed")
+        cursor = LandingCursor.parse(context.cursor)
+        changes = scan_landing(config, cursor.files)
         ordered = partitions_def.get_partition_keys()
+        runs, after = plan_landing_runs(cursor, changes, ordered)
+        if not changes.changed and not changes.removed:
+            if changes.state == cursor.files:
+                return dg.SkipReason(f"no new or changed files in {config.landing_dir}")
+            return dg.SensorResult(skip_reason="only metadata changed", cursor=after.dump())
         outside = changes.partitions - set(ordered)
         if outside:
             context.log.warning(f"{len(outside)} landed partition(s) outside the partitions "
@@ -99,10 +102,11 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
         assets = ["raw_events", "features"]
         if deployed_version(context.instance) is not None:
             assets += MONITORED_ON_LANDING
-        requests = _range_requests("landing", changes, partitions_def, assets)
+        requests = landing_requests("landing", runs, assets)
         context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
-                         f"file(s) → {len(requests)} run(s) of {', '.join(assets)}")
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(changes.state))
+                         f"file(s) → {len(requests)} run(s) of {', '.join(assets)} "
+                         f"(generation {after.generation})")
+        return dg.SensorResult(run_requests=requests, cursor=after.dump())
 
     return landing_sensor
 
@@ -140,29 +144,56 @@ def retrain_request(reason: str, run_key: str, detail: str, change_point: str | 
     return dg.RunRequest(run_key=run_key, job_name="retrain_job", tags=tags)
 
 
+GATE_CHECK = dg.AssetCheckKey(dg.AssetKey("validation_report"), "gate")
+
+
+def answered(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether a retrain run answers the events before it.
+
+    It does when it is queued or running, succeeded, or ended with the gate's verdict on its
+    candidate (a rejection is an answer); a crash before the gate is not, and leaves the
+    events to be answered again.
+    """
+    if run.status in ACTIVE_STATUSES or run.status == dg.DagsterRunStatus.SUCCESS:
+        return True
+    verdicts = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return any(record.event_log_entry.dagster_event is not None
+               and record.event_log_entry.dagster_event.event_specific_data.asset_check_key
+               == GATE_CHECK for record in verdicts)
+
+
 def last_change_point(instance: dg.DagsterInstance) -> str | None:
-    """The change the latest drift or performance retrain answered (its first partition)."""
+    """The change the latest drift or performance retrain answered (its first partition).
+
+    A retrain that crashed answered nothing, so it starts no cooldown.
+    """
     for run in instance.get_runs(dg.RunsFilter(job_name="retrain_job"), limit=50):
-        if CHANGE_POINT_TAG in run.tags:
+        if CHANGE_POINT_TAG in run.tags and answered(instance, run):
             return run.tags[CHANGE_POINT_TAG]
     return None
+
+
+def retrain_active(instance: dg.DagsterInstance) -> str | None:
+    """Why no retrain may start now (one is queued or running), or None."""
+    active = instance.get_runs(dg.RunsFilter(job_name="retrain_job", statuses=ACTIVE_STATUSES),
+                               limit=1)
+    return f"retrain run {active[0].run_id[:8]} is already queued or running" if active else None
 
 
 def retrain_blocked(instance: dg.DagsterInstance, since: dt.datetime | None = None) -> str | None:
     """Why a new retrain must not start now, or None when it may.
 
-    Blocked when a retrain is queued or running, or when one was created after the event
-    (`since`): that run already answers it, so two triggers for one event give one retrain.
+    Blocked when a retrain is queued or running, or when one created after the event (`since`)
+    answered it (`answered`), so two triggers for one event give one retrain.
     """
-    active = instance.get_runs(dg.RunsFilter(job_name="retrain_job", statuses=ACTIVE_STATUSES),
-                               limit=1)
-    if active:
-        return f"retrain run {active[0].run_id[:8]} is already queued or running"
-    if since is not None:
-        later = instance.get_runs(dg.RunsFilter(job_name="retrain_job", created_after=since),
-                                  limit=1)
-        if later:
-            return f"retrain run {later[0].run_id[:8]} started after this event"
+    active = retrain_active(instance)
+    if active or since is None:
+        return active
+    for run in instance.get_runs(dg.RunsFilter(job_name="retrain_job", created_after=since),
+                                 limit=20):
+        if answered(instance, run):
+            return f"retrain run {run.run_id[:8]} started after this event"
     return None
 
 
@@ -298,6 +329,10 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
         # A retrain created after the flagged partition's data landed has trained on it
         # already (e.g. the drift retrain itself, whose new model re-checks that partition):
         # another one would see the same data, so it answers this failure too.
+        active = retrain_active(context.instance)
+        if active:  # judged again once that run ends: if it crashes, this event still counts
+            return dg.SensorResult(skip_reason=f"{asset}.{check} failed for {partition}: "
+                                               f"{active}; judged again when it ends")
         landed = _landed_at(context.instance, partition)
         blocked = retrain_blocked(context.instance,
                                   since=min(happened, landed) if landed else happened)

@@ -7,15 +7,60 @@ import numpy as np
 import polars as pl
 
 from ct_assets.defs.automation import follows_upstream
-from ct_assets.defs.metadata import REASON_TAG, frame_metadata, latest_metadata
+from ct_assets.defs.metadata import REASON_TAG, frame_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.defs.runs import check_in_runs, materialization_in_runs, run_lineage
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import passthrough_columns
 from ct_assets.lib.ingest import partition_keys
+from ct_assets.lib.model_store import DECISION, ModelStore
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.triggers import regime_partitions
 from ct_assets.lib.validation import PARTITION
+
+
+def _judged_candidate(context: dg.AssetExecutionContext, store: ModelStore
+                      ) -> tuple[str | None, bool, str]:
+    """The candidate `validation_report` judged in this run, whether to promote it, and why not.
+
+    Raises:
+        ModelStoreError: the candidate's verdict file was modified (named in the message).
+        dg.Failure: the sealed verdict and the instance's `gate` check of that run disagree.
+    """
+    champion = store.deployed()
+    current = champion["version"] if champion else "none"
+    found = materialization_in_runs(context.instance, "validation_report", run_lineage(context))
+    if found is None or not found[1].get("candidate_version"):
+        return None, False, (f"no candidate was validated in this run, so nothing is promoted; "
+                             f"the pointer is left alone at {current}")
+    run_id, report = found
+    version = str(report["candidate_version"])
+    path = store.path(version) / DECISION
+    decision = store.decision(version)  # verifies its seal; a tampered verdict raises
+    if decision is None or decision.get("run_id") != run_id:
+        recorded = (decision or {}).get("run_id") or "no run"
+        return version, False, (f"the verdict in {path} was recorded by {recorded}, not by this "
+                                f"run's validation ({run_id}); nothing promoted, the pointer "
+                                f"is left alone at {current}")
+    gate = check_in_runs(context.instance, "validation_report", "gate", [run_id])
+    if gate is None or bool(gate.passed) != bool(decision.get("approved")):
+        raise dg.Failure(f"{path} says approved={decision.get('approved')}, but the gate check "
+                         f"of run {run_id} recorded "
+                         f"{'nothing' if gate is None else f'passed={gate.passed}'}; the "
+                         "verdict is not trusted and nothing is promoted")
+    approved, why = store.trusted_verdict(version)
+    if not approved:
+        return version, False, f"candidate {version} not promoted: {why}"
+    if champion and champion["version"] == version:
+        return version, False, f"{version} is already deployed"
+    if any(record["version"] == version for record in store.pointer()["history"]):
+        latest = champion["reason"] if champion else "none"
+        return version, False, (
+            f"{version} was deployed before and replaced (latest: {latest} → {current}); "
+            f"deployed_model does not undo that, the pointer is left alone at {current} "
+            f"(`ct rollback --to {version}` deploys it again)")
+    return version, True, ""
 
 
 def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinition
@@ -30,29 +75,27 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
                        model_store: ModelStoreResource) -> dg.MaterializeResult:
         """The champion in production: the candidate is promoted only when the gate approved it.
 
-        The pointer (`deployed.json`) is replaced atomically and keeps the promotion history;
-        when the gate rejected the candidate, the champion stays and the reason is shown here.
+        The candidate is the one `validation_report` judged in this run (or the run it
+        re-executes); its verdict must be sealed in the model store by that run, approve it, and
+        agree with the `gate` check the instance recorded. Without such a candidate (this asset
+        materialized on its own), or for a candidate that was deployed before and replaced
+        (e.g. by a rollback), the pointer is left alone and the outcome says why. The pointer
+        (`deployed.json`) is replaced atomically and keeps the promotion history; when the
+        gate rejected the candidate, the champion stays and the reason is shown here.
         """
         store = model_store.get()
-        version = str(latest_metadata(context, "candidate_model", "version") or "")
-        decision = store.decision(version) if version else None
         champion = store.deployed()
-        if decision is not None and decision.get("approved"):
+        version, approved, outcome = _judged_candidate(context, store)
+        if approved:
             reason = (context.run.tags.get(REASON_TAG)
                       or store.describe(version).get("reason")
                       or ("initial" if champion is None else "manual"))
             if champion is None:
                 reason = "initial"
-            if champion and champion["version"] == version:
-                outcome = f"{version} is already deployed"
-            else:
-                champion = store.promote(version, reason, run_id=context.run.run_id,
-                                         gate=decision.get("metric"))
-                outcome = f"promoted {version} (reason: {reason})"
-        elif decision is None:
-            outcome = f"candidate {version or '(none)'} has not been validated; nothing promoted"
-        else:
-            outcome = f"candidate {version} rejected: {'; '.join(decision['reasons'])}"
+            champion = store.promote(version, reason, run_id=context.run.run_id,
+                                     gate=config.gate.metric)
+            outcome = f"promoted {version} (reason: {reason})"
+        decision = store.decision(version) if version else None
         context.log.info(outcome)
         deployed = champion["version"] if champion else "none"
         metrics = (champion or {}).get("metrics", {})

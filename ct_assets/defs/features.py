@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.metadata import column_schema, frame_metadata
 from ct_assets.defs.resources import WarehouseResource
 from ct_assets.lib.config import Config
@@ -26,7 +27,9 @@ def build_feature_assets(
             start_offset=-lookback, allow_nonexistent_upstream_partitions=True))],
         group_name="features",
         kinds={"duckdb", "polars"},
-        automation_condition=dg.AutomationCondition.eager(),
+        # Not only the latest partition: late rows for partition p change the recent means
+        # of p+1 … p+lookback, which read them, so those are rebuilt too (and what follows).
+        automation_condition=follows_upstream(),
         pool="duckdb",
         metadata={"dagster/table_name": "warehouse.main.features",
                   "feature_count": len(schema)},

@@ -20,6 +20,7 @@ from ct_assets.lib.labels import (
 from ct_assets.lib.quality import CheckOutcome
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.warehouse import quote_identifier
 
 LABELS_FOLDER = "labels"  # label rejections live in `<quarantine>/labels/`
 
@@ -64,12 +65,14 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
         stored = store.table_exists("labels")
         with store.connect() as connection:
             connection.register("incoming", batch.labels.select(key).unique().to_arrow())
+            quoted_key, known_at = quote_identifier(key), quote_identifier(KNOWN_AT)
             rows = connection.execute(
-                f'SELECT r."{key}", r.{PARTITION}, r."{dataset.timestamp}" FROM raw_events r '
-                f'SEMI JOIN incoming USING ("{key}")').pl()
+                f"SELECT r.{quoted_key}, r.{quote_identifier(PARTITION)}, "
+                f"r.{quote_identifier(str(dataset.timestamp))} FROM raw_events r "
+                f"SEMI JOIN incoming USING ({quoted_key})").pl()
             earlier = connection.execute(
-                f'SELECT l.* FROM labels l SEMI JOIN incoming USING ("{key}") '
-                f'WHERE l.{KNOWN_AT} < ? OR l.{KNOWN_AT} >= ?', [window.start, window.end]
+                f"SELECT l.* FROM labels l SEMI JOIN incoming USING ({quoted_key}) "
+                f"WHERE l.{known_at} < ? OR l.{known_at} >= ?", [window.start, window.end]
             ).pl() if stored else pl.DataFrame(
                 schema={key: batch.labels.schema[key], target: batch.labels.schema[target],
                         "_source_file": pl.String, "_row_number": pl.Int64})

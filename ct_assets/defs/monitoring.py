@@ -23,6 +23,7 @@ from ct_assets.lib.monitoring import (
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.training import encode_labels
 from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.warehouse import quote_identifier
 
 PARTITION_START = "partition_start"
 
@@ -159,7 +160,8 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         predictions = store.read_range("predictions", dataset.timestamp, window.start,
                                        window.end)
         if dataset.labels is not None:
-            arrived = (store.query(f"SELECT * FROM labels WHERE {LABELLED_PARTITION} IN "
+            arrived = (store.query(f"SELECT * FROM labels "
+                                   f"WHERE {quote_identifier(LABELLED_PARTITION)} IN "
                                    f"({', '.join('?' for _ in keys)})", keys)
                        if store.table_exists("labels") else None)
             known = None if arrived is None else known_labels(arrived, config, delay)
@@ -187,8 +189,9 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                             window.end)
         metric = str(config.gate.metric)
         history = store.query(
-            f'SELECT {PARTITION}, model_version, error, "{metric}" FROM model_performance '
-            f"ORDER BY {PARTITION_START}")
+            f"SELECT {quote_identifier(PARTITION)}, model_version, error, "
+            f"{quote_identifier(metric)} FROM model_performance "
+            f"ORDER BY {quote_identifier(PARTITION_START)}")
         latest = table.sort(PARTITION).row(-1, named=True)
         series = history.filter(pl.col("model_version") == latest["model_version"])
         alarm = performance_alarm(series["error"].to_list(),

@@ -17,6 +17,7 @@ from ct_assets.lib.monitoring import REFERENCE_FILE
 from ct_assets.lib.online import continue_model, judge_update
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.warehouse import quote_identifier
 
 ONLINE = "online"
 
@@ -82,7 +83,8 @@ def build_online_assets(config: Config, partitions_def: dg.PartitionsDefinition,
         if key <= learned_until(manifest):
             return {"partition": key, "outcome": f"already learned by {champion['version']}",
                     "deployed": champion["version"], "pending": "none"}
-        rows = labelled_features(warehouse.get(), config, f"{PARTITION} = ?", [key])
+        rows = labelled_features(warehouse.get(), config, f"{quote_identifier(PARTITION)} = ?",
+                                 [key])
         rows = rows.filter(pl.col(target).is_not_null())
         outcome = []
         pending = pending_update(store, champion["version"])

@@ -10,6 +10,7 @@ import polars as pl
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.defs.runs import duckdb_slot, materialization_in_runs, run_lineage
 from ct_assets.lib.candidate import EVALUATION_DIR, fit_candidate
 from ct_assets.lib.config import Config
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels
@@ -28,7 +29,7 @@ from ct_assets.lib.training_set import (
     training_cutoff,
 )
 from ct_assets.lib.validation import PARTITION
-from ct_assets.lib.warehouse import Warehouse
+from ct_assets.lib.warehouse import Warehouse, quote_identifier
 
 
 def _library_versions() -> dict[str, str]:
@@ -41,25 +42,27 @@ def _library_versions() -> dict[str, str]:
 def labelled_features(store: Warehouse, config: Config, where: str, parameters: list
                       ) -> pl.DataFrame:
     """Rows of `features` matching `where`, their target filled from `labels` where known."""
-    frame = store.query(f'SELECT * FROM features WHERE {where} '
-                        f'ORDER BY "{config.dataset.timestamp}"', parameters)
+    frame = store.query(f"SELECT * FROM features WHERE {where} "
+                        f"ORDER BY {quote_identifier(config.dataset.timestamp)}", parameters)
     if config.dataset.labels is None or not store.table_exists("labels"):
         return frame
     keys = frame[PARTITION].unique().to_list()
     marks = ", ".join("?" for _ in keys) or "NULL"
-    labels = store.query(f"SELECT * FROM labels WHERE {LABELLED_PARTITION} IN ({marks})", keys)
+    labels = store.query(f"SELECT * FROM labels WHERE {quote_identifier(LABELLED_PARTITION)} "
+                         f"IN ({marks})", keys)
     return attach_labels(frame, labels, config)
 
 
 def labelled_partitions(store: Warehouse, config: Config, cutoff: str) -> list[str]:
     """Partitions before `cutoff` holding at least one labelled row."""
-    target = config.dataset.target
-    keys = set(store.query(f'SELECT DISTINCT {PARTITION} FROM features '
-                           f'WHERE "{target}" IS NOT NULL AND {PARTITION} < ?', [cutoff]
+    target, partition = quote_identifier(str(config.dataset.target)), quote_identifier(PARTITION)
+    keys = set(store.query(f"SELECT DISTINCT {partition} FROM features "
+                           f"WHERE {target} IS NOT NULL AND {partition} < ?", [cutoff]
                            )[PARTITION].to_list())
     if config.dataset.labels is not None and store.table_exists("labels"):
-        keys |= set(store.query(f"SELECT DISTINCT {LABELLED_PARTITION} AS k FROM labels "
-                                f"WHERE {LABELLED_PARTITION} < ?", [cutoff])["k"].to_list())
+        labelled = quote_identifier(LABELLED_PARTITION)
+        keys |= set(store.query(f"SELECT DISTINCT {labelled} AS k FROM labels "
+                                f"WHERE {labelled} < ?", [cutoff])["k"].to_list())
     return sorted(keys)
 
 
@@ -73,6 +76,15 @@ def champion_regime(store: ModelStore) -> tuple[str | None, str | None]:
     except ModelStoreError:
         return None, None
     return manifest.get("regime_start"), manifest.get("regime_kind")
+
+
+def _training_set_version(context: dg.AssetExecutionContext) -> str | None:
+    """The data version `training_set` reported in this run (else its latest materialization)."""
+    found = materialization_in_runs(context.instance, "training_set", run_lineage(context))
+    if found is not None and found[1].get("data_version"):
+        return str(found[1]["data_version"])
+    value = latest_metadata(context, "training_set", "data_version")
+    return str(value) if value else None
 
 
 def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
@@ -105,13 +117,14 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
             reason=context.run.tags.get(REASON_TAG), inherited=champion_regime(model_store.get()))
         placeholders = ", ".join("?" for _ in plan.keys)
         frame = apply_plan(
-            labelled_features(store, config, f"{PARTITION} IN ({placeholders})", plan.keys),
+            labelled_features(store, config, f"{quote_identifier(PARTITION)} IN ({placeholders})",
+                              plan.keys),
             plan, PARTITION, target)
         with store.connect() as connection:
             connection.register("incoming", frame.to_arrow())
             connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
-        recent = (labelled_features(store, config, f"{PARTITION} >= ?", [plan.reference_start])
-                  if plan.reference_start else None)
+        recent = (labelled_features(store, config, f"{quote_identifier(PARTITION)} >= ?",
+                                    [plan.reference_start]) if plan.reference_start else None)
         reference, labelled, described = choose_reference(recent, frame, target)
         version = fingerprint(frame)[:8] + fingerprint(reference)[:8]
         # The drift reference of what the model will be judged against next, fitted once and
@@ -138,8 +151,8 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
             },
         )
 
-    @dg.asset(deps=[training_set], group_name="training", kinds={"lightgbm", "duckdb"},
-              pool="duckdb")
+    # No pool on the step: training takes minutes; it holds `duckdb` only while it reads.
+    @dg.asset(deps=[training_set], group_name="training", kinds={"lightgbm", "duckdb"})
     def candidate_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                         model_store: ModelStoreResource) -> dg.MaterializeResult:
         """A model trained on the training split, refitted on every row for deployment.
@@ -151,9 +164,11 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         regime weigh at least as much as those before the change. The manifest records the
         sha256 of every file, the feature schema, window, params, weights, library versions,
         the training data version, the parent (champion) version and why it was trained.
+        The store refuses a model without its drift reference.
         """
-        frame = warehouse.get().query(
-            f"SELECT * FROM training_set ORDER BY \"{dataset.timestamp}\"")
+        with duckdb_slot(context):
+            frame = warehouse.get().query(
+                f"SELECT * FROM training_set ORDER BY {quote_identifier(dataset.timestamp)}")
         candidate = fit_candidate(frame, config)
         store = model_store.get()
         champion = store.deployed()
@@ -185,8 +200,7 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
                               "train_weights": info["train_weights"],
                               "refit": info["refit"]},
             "library_versions": _library_versions(),
-            "training_set_version": latest_metadata(context, "training_set", "data_version")
-            or fingerprint(frame),
+            "training_set_version": _training_set_version(context) or fingerprint(frame),
             "parent": champion["version"] if champion else None,
             "reason": reason, "run_id": context.run.run_id,
             "operating_threshold": candidate.threshold,

@@ -2,13 +2,15 @@
 
 import datetime as dt
 import math
+from dataclasses import dataclass, field
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from ct_assets.defs.metadata import CHANGE_POINT_TAG, latest_metadata
+from ct_assets.defs.metadata import CHANGE_POINT_TAG
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.defs.runs import duckdb_slot, materialization_in_runs, run_lineage
 from ct_assets.lib.candidate import EVALUATION_DIR, judge_candidate
 from ct_assets.lib.config import Config
 from ct_assets.lib.evaluation import (
@@ -23,6 +25,7 @@ from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
 from ct_assets.lib.training import SPEC_FILE, load_model
 from ct_assets.lib.training_set import SPLIT
+from ct_assets.lib.warehouse import quote_identifier
 
 CANARY_ROWS = 256
 
@@ -35,7 +38,9 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         deps=["candidate_model", "training_set"], group_name="validation",
-        kinds={"duckdb", "matplotlib"}, pool="duckdb",
+        # No pool on the step: the canary and the bootstrap take a while; the step holds
+        # `duckdb` only while it reads the holdout and while it writes the report.
+        kinds={"duckdb", "matplotlib"},
         check_specs=[dg.AssetCheckSpec(
             "gate", asset="validation_report", blocking=True,
             description="Blocks promotion unless the candidate's gate metric is finite, at "
@@ -49,17 +54,20 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         """Candidate and champion scored on the same holdout, side by side, with the verdict.
 
         Metrics for the task, per-segment slices, a calibration table, a bootstrap interval of
-        the gate metric and a chart; written to DuckDB and shown here as Markdown.
+        the gate metric and a chart; written to DuckDB and shown here as Markdown. The
+        candidate is the one `candidate_model` trained in this run (or the run it re-executes);
+        only when this run trained none, the latest candidate, and the report says so. When the
+        champion cannot be loaded, the candidate is refused unless `gate.on_champion_error` is
+        `approve`. The verdict is sealed in the model store, with this run's id.
         """
         store = model_store.get()
-        version = str(latest_metadata(context, "candidate_model", "version") or "")
-        if not version:
-            raise dg.Failure("no candidate_model materialization found; train a candidate first")
+        version, source = candidate_of_run(context)
         candidate, manifest = load_verified(store, version,
                                             evaluated_part(store.describe(version)))
-        holdout = warehouse.get().query(
-            f"SELECT * FROM training_set WHERE {SPLIT} = 'holdout' "
-            f"ORDER BY \"{dataset.timestamp}\"")
+        with duckdb_slot(context):
+            holdout = warehouse.get().query(
+                f"SELECT * FROM training_set WHERE {quote_identifier(SPLIT)} = ? "
+                f"ORDER BY {quote_identifier(dataset.timestamp)}", ["holdout"])
         # The deployable (refitted) model must match serving's schema and reproduce its own
         # scores when loaded from disk in a fresh process.
         problems = schema_problems(manifest, feature_schema(config))
@@ -79,13 +87,19 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
                                     f"learned the holdout; it is judged as {judged_as}, the "
                                     "batch model it continues, fitted without the holdout")
             except (ModelStoreError, OSError, ValueError, KeyError) as error:
-                unscored.append(f"champion {champion['version']} could not be scored, so the "
-                                f"candidate is judged on gate.min_value alone: {error}")
+                if gate.on_champion_error == "refuse":
+                    problems.append(f"champion {champion['version']} could not be loaded, so "
+                                    "the candidate cannot be compared with it and is refused "
+                                    f"(gate.on_champion_error: refuse): {error}")
+                else:
+                    unscored.append(f"champion {champion['version']} could not be scored, so "
+                                    "the candidate is judged on gate.min_value alone "
+                                    f"(gate.on_champion_error: approve): {error}")
         judged = judge_candidate(holdout, candidate, _threshold(manifest), champion_model,
                                  champion_threshold, config, problems,
                                  after_change=CHANGE_POINT_TAG in context.run.tags)
         decision, y, scores, metrics = judged.decision, judged.y, judged.scores, judged.metrics
-        holdout, notes = judged.holdout, unscored + judged.notes
+        holdout, notes = judged.holdout, [*source.notes, *unscored, *judged.notes]
         thresholds = {"candidate": _threshold(manifest), "champion": champion_threshold}
         intervals = {role: bootstrap_interval(y, values, task, gate.metric,
                                               seed=config.training.seed)
@@ -100,8 +114,10 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
             "champion_value": decision.champion_value,
             "champion_version": champion["version"] if champion else None,
             "metrics": metrics["candidate"], "notes": notes,
+            "run_id": context.run.run_id, "candidate_from_run": source.run_id,
         })
-        _write_report(warehouse, version, champion, metrics, slices)
+        with duckdb_slot(context):
+            _write_report(warehouse, version, champion, metrics, slices)
         labels = {"candidate": f"candidate {version}",
                   "champion": f"champion {champion['version']}" if champion else "champion"}
         chart = comparison_chart_png(y, {labels[r]: s for r, s in scores.items()}, task)
@@ -109,6 +125,7 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
                            slices, y, scores, task, gate.metric, chart)
         yield dg.MaterializeResult(metadata={
             "candidate_version": version,
+            "candidate_from_run": source.run_id,
             "champion_version": champion["version"] if champion else "none",
             "verdict": decision.summary(),
             "holdout_rows": len(y),
@@ -128,6 +145,38 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         )
 
     return [validation_report]
+
+
+@dataclass
+class CandidateSource:
+    """Which run trained the candidate a validation judges, and what the report should say."""
+
+    run_id: str
+    notes: list[str] = field(default_factory=list)
+
+
+def candidate_of_run(context: dg.AssetExecutionContext) -> tuple[str, CandidateSource]:
+    """The candidate version `candidate_model` produced in this run or the run it re-executes.
+
+    Never "the latest candidate" while this run trained one: another retrain may have trained
+    a newer one meanwhile. Only a run that trained none (`validation_report` materialized on
+    its own) validates the latest candidate, and says so.
+
+    Raises:
+        dg.Failure: no candidate was ever trained.
+    """
+    lineage = run_lineage(context)
+    found = materialization_in_runs(context.instance, "candidate_model", lineage)
+    if found is not None and found[1].get("version"):
+        return str(found[1]["version"]), CandidateSource(found[0])
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("candidate_model"))
+    entry = (event.asset_materialization.metadata.get("version")
+             if event is not None and event.asset_materialization is not None else None)
+    if event is None or entry is None:
+        raise dg.Failure("no candidate_model materialization found; train a candidate first")
+    return str(entry.value), CandidateSource(event.run_id, [
+        f"candidate_model was not materialized in this run; validating the latest candidate, "
+        f"{entry.value}, trained by run {event.run_id}"])
 
 
 def evaluated_version(store: ModelStore, version: str) -> str:
@@ -180,11 +229,19 @@ def _write_report(warehouse: WarehouseResource, version: str, champion: dict | N
         pl.lit(version).alias("candidate_version"), pl.lit(evaluated_at).alias("evaluated_at"))
     with warehouse.get().connect() as connection:
         connection.register("incoming", frame.to_arrow())
-        connection.execute("CREATE TABLE IF NOT EXISTS validation_report AS "
-                           "SELECT * FROM incoming LIMIT 0")
-        connection.execute("DELETE FROM validation_report WHERE candidate_version = ?",
-                           [version])
-        connection.execute("INSERT INTO validation_report BY NAME SELECT * FROM incoming")
+        # One transaction: a failure between the delete and the insert must not lose the
+        # candidate's previous report.
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS validation_report AS "
+                               "SELECT * FROM incoming LIMIT 0")
+            connection.execute("DELETE FROM validation_report WHERE candidate_version = ?",
+                               [version])
+            connection.execute("INSERT INTO validation_report BY NAME SELECT * FROM incoming")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
 
 
 def _markdown(version, champion, verdict, notes, metrics, intervals, slices, y, scores, task,

@@ -63,8 +63,8 @@ class ColumnSpec(_Section):
 
     type: LogicalType
     nullable: bool = True
-    min: float | None = None
-    max: float | None = None
+    min: int | float | None = None  # an int bound stays exact past 2**53
+    max: int | float | None = None
     allow_non_finite: bool = False
 
 
@@ -256,11 +256,15 @@ class GateConfig(_Section):
 
     `metric` defaults per task (roc_auc, accuracy, rmse); `min_value` is the worst value a
     candidate may have (a floor for higher-is-better metrics, a ceiling for rmse, log_loss …).
+    `on_champion_error`: what the gate does when the deployed champion cannot be loaded (a file
+    missing or modified): `refuse` the candidate (default: fail closed, since it cannot be
+    compared), or `approve` it on `min_value` alone.
     """
 
     metric: str | None = None
     min_value: float | None = None
     max_regression: float = Field(default=0.01, ge=0)
+    on_champion_error: Literal["refuse", "approve"] = "refuse"
 
 
 class PageHinkleyConfig(_Section):

@@ -30,12 +30,21 @@ def feature_schema(config: Config) -> dict[str, str]:
             schema[name] = "float"
         elif types[name] == "category":
             schema[name] = "category"
-    for name in ("hour_sin", "hour_cos", "dow_sin", "dow_cos"):
+    for name in (*HOUR_FEATURES, *DAY_OF_WEEK_FEATURES):
         schema[name] = "float"
     for name in config.relative_columns():
-        schema[f"{name}_recent_mean"] = "float"
+        schema[recent_mean_feature(name)] = "float"
         schema[f"{name}_vs_recent"] = "float"
     return schema
+
+
+HOUR_FEATURES = ("hour_sin", "hour_cos")
+DAY_OF_WEEK_FEATURES = ("dow_sin", "dow_cos")
+
+
+def recent_mean_feature(column: str) -> str:
+    """The feature holding `column`'s mean over the previous `features.lookback` partitions."""
+    return f"{column}_recent_mean"
 
 
 def passthrough_columns(config: Config) -> list[str]:
@@ -103,18 +112,20 @@ def build_features(raw: pl.DataFrame, config: Config, keys: list[str]) -> pl.Dat
     ts = pl.col(dataset.timestamp)
     current = raw.filter(pl.col(PARTITION).is_in(keys))
     hour = ts.dt.hour().cast(pl.Float64) + ts.dt.minute().cast(pl.Float64) / 60
-    frame = current.with_columns(
+    relative = config.relative_columns()
+    frame = current
+    if relative:  # joined on the segment as stored: an int one must not be a float yet
+        segment = dataset.segment
+        means = _recent_means(raw, config, segment)
+        frame = frame.join(means.drop("__index"), on=[PARTITION, *([segment] if segment else [])],
+                           how="left")
+    frame = frame.with_columns(
         *[pl.col(name).cast(pl.Float64) for name, kind in schema.items()
           if kind == "float" and name in current.columns],
         *_cyclical(hour, 24.0, "hour"),
         *_cyclical(ts.dt.weekday() - 1, 7.0, "dow"),
     )
-    relative = config.relative_columns()
     if relative:
-        segment = dataset.segment
-        means = _recent_means(raw, config, segment)
-        frame = frame.join(means.drop("__index"), on=[PARTITION, *([segment] if segment else [])],
-                           how="left")
         frame = frame.with_columns(
             pl.when(pl.col(f"{c}_recent_mean") != 0)
             .then(pl.col(c).cast(pl.Float64) / pl.col(f"{c}_recent_mean"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,23 @@ def _read_csv(path: Path, delimiter: str) -> pl.DataFrame:
         return _read_ragged_csv(path, delimiter, message)
     if _has_short_rows(path, delimiter, len(frame.columns)):
         return _read_ragged_csv(path, delimiter, "rows with too few fields")
+    header = csv_header(path, delimiter)
+    if header is not None and len(header) == len(frame.columns) and header != frame.columns:
+        frame.columns = header  # polars keeps a header's escaped quotes doubled (`a""b`)
     return frame
+
+
+def csv_header(path: Path, delimiter: str) -> list[str] | None:
+    """The column names of a CSV file as written, quoting undone (None: no readable header).
+
+    Read with Python's csv module: polars leaves the doubled quotes of a quoted header field in
+    the name (`"a""b"` becomes `a""b`, not `a"b`), so such a column would never be found.
+    """
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            return next(csv.reader(handle, delimiter=delimiter), None)
+    except (UnicodeDecodeError, csv.Error):
+        return None
 
 
 def _has_short_rows(path: Path, delimiter: str, width: int) -> bool:
@@ -158,8 +175,6 @@ def _read_ragged_csv(path: Path, delimiter: str, first_error: str) -> pl.DataFra
     Rows with the wrong field count are kept with the marker column `_field_count` so
     validation rejects them with a reason instead of losing the whole file.
     """
-    import csv
-
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle, delimiter=delimiter)

@@ -6,7 +6,6 @@ rows to DuckDB and the rejections to the quarantine.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from ct_assets.lib.config import Config, ConfigError
-from ct_assets.lib.files import BadFile, LandedFile, discover, read_landed_file
+from ct_assets.lib.files import BadFile, LandedFile, csv_header, discover, read_landed_file
 from ct_assets.lib.validation import (
     PARTITION,
     REJECTED_SCHEMA,
@@ -179,8 +178,7 @@ def _header(file: LandedFile, delimiter: str) -> list[str] | None:
     try:
         if file.path.suffix.lower() == ".parquet":
             return list(pl.read_parquet_schema(file.path))
-        with file.path.open(encoding="utf-8", newline="") as handle:
-            return next(csv.reader(handle, delimiter=delimiter), None)
+        return csv_header(file.path, delimiter)
     except Exception:  # an unreadable file is quarantined at ingestion, not a config error
         return None
 
@@ -223,9 +221,12 @@ def file_partition_range(file: LandedFile, config: Config) -> tuple[str, str] | 
     try:
         if file.path.suffix.lower() == ".parquet":
             frame = pl.read_parquet(file.path, columns=[dataset.timestamp])
-        else:
-            frame = pl.read_csv(file.path, columns=[dataset.timestamp], infer_schema=False,
-                                separator=dataset.delimiter, truncate_ragged_lines=True)
+        else:  # by position: polars misreads a header name holding a double quote
+            header = csv_header(file.path, dataset.delimiter) or []
+            frame = pl.read_csv(file.path, columns=[header.index(dataset.timestamp)],
+                                infer_schema=False, separator=dataset.delimiter,
+                                truncate_ragged_lines=True)
+            frame.columns = [dataset.timestamp]
         frame = frame.with_columns(pl.lit(file.relpath).alias("_source_file"),
                                    pl.lit(0).alias("_row_number"))
         timestamps = validate_timestamps(frame, dataset, config.partitions)

@@ -4,18 +4,23 @@ The landing sensor keeps, per file, its size, modification time, sha256 and the 
 covers. A file whose size and mtime are unchanged is not re-read; one whose content hash is
 unchanged (a `touch`, or a `cp -p` of the same bytes) is not new. A file still being written —
 hidden or in-flight names, or modified less than `settle_seconds` ago — waits for a later look.
+
+Every look that finds a change is a new generation, and the generation is part of each run key:
+Dagster launches a run key once, so a file going X → Y → X, or removed and landed again, must
+give keys never used before, or the last change would be skipped and stale rows would stay.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ct_assets.lib.config import Config
 from ct_assets.lib.files import discover
-from ct_assets.lib.ingest import file_partition_range, keys_between
+from ct_assets.lib.ingest import contiguous_ranges, file_partition_range, keys_between
 
 
 @dataclass
@@ -27,6 +32,69 @@ class LandingChanges:
     partitions: set[str] = field(default_factory=set)
     content_ids: list[str] = field(default_factory=list)
     state: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class LandingCursor:
+    """What a landing sensor remembers between looks.
+
+    Attributes:
+        files: relpath → [size, mtime_ns, sha256, first, last] of each file seen.
+        generation: how many looks found a change; only ever grows.
+    """
+
+    files: dict[str, list] = field(default_factory=dict)
+    generation: int = 0
+
+    @classmethod
+    def parse(cls, text: str | None) -> LandingCursor:
+        """Read a cursor written by `dump`, or the older form (the bare `files` mapping)."""
+        if not text:
+            return cls()
+        data = json.loads(text)
+        if isinstance(data.get("files"), dict) and isinstance(data.get("generation"), int):
+            return cls(files=data["files"], generation=data["generation"])
+        return cls(files=data)  # written before generations: keys with one were never used
+
+    def dump(self) -> str:
+        """The cursor as the JSON text the sensor stores in the instance."""
+        return json.dumps({"generation": self.generation, "files": self.files})
+
+
+@dataclass(frozen=True)
+class LandingRun:
+    """One run to request for a contiguous range of changed partitions."""
+
+    run_key: str
+    first: str
+    last: str
+
+
+def plan_landing_runs(cursor: LandingCursor, changes: LandingChanges, ordered: list[str],
+                      kind: str = "landing") -> tuple[list[LandingRun], LandingCursor]:
+    """The runs a look at the landing dir asks for, and the cursor to store after it.
+
+    A look that found a change is the next generation. Each run key holds that generation, a
+    digest of the contents seen and the range, so a content that comes back (X → Y → X), or
+    a file removed and landed again, gets a key never launched before, while a retried look
+    from the same cursor gives the same keys (Dagster starts no second run).
+
+    Args:
+        cursor: the cursor the look started from.
+        changes: what `scan_landing` found, given `cursor.files`.
+        ordered: every partition key of the partitions definition, in time order.
+        kind: the first part of each run key.
+
+    Returns:
+        The runs (none when nothing changed) and the cursor to store.
+    """
+    if not changes.changed and not changes.removed:
+        return [], LandingCursor(files=changes.state, generation=cursor.generation)
+    generation = cursor.generation + 1
+    content = hashlib.sha256("\n".join(sorted(changes.content_ids)).encode()).hexdigest()
+    runs = [LandingRun(f"{kind}:{generation}:{content[:16]}:{first}:{last}", first, last)
+            for first, last in contiguous_ranges(changes.partitions, ordered)]
+    return runs, LandingCursor(files=changes.state, generation=generation)
 
 
 def sha256_of(path: Path) -> str:

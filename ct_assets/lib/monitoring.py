@@ -17,7 +17,12 @@ import polars as pl
 from ct_assets.lib.config import Config, DriftConfig, worse_than
 from ct_assets.lib.detectors import page_hinkley_scan
 from ct_assets.lib.drift import ReferenceProfile, compute_drift, drift_summary
-from ct_assets.lib.features import feature_schema
+from ct_assets.lib.features import (
+    DAY_OF_WEEK_FEATURES,
+    HOUR_FEATURES,
+    feature_schema,
+    recent_mean_feature,
+)
 
 REFERENCE_FILE = "reference_profile.json"
 MIN_SEGMENT_ROWS = 50  # segments smaller than this in the reference get no profile of their own
@@ -31,13 +36,12 @@ def monitored_features(config: Config) -> dict[str, str]:
     one), and recent means are one value per segment and partition: comparing such columns
     with a multi-partition reference would flag drift on every partition.
     """
-    constant = {"recent_mean"}
+    constant = {recent_mean_feature(column) for column in config.relative_columns()}
     if config.partitions.granularity in ("hourly", "daily"):
-        constant.add("dow_")
+        constant.update(DAY_OF_WEEK_FEATURES)
     if config.partitions.granularity == "hourly":
-        constant.add("hour_")
-    return {name: kind for name, kind in feature_schema(config).items()
-            if not any(marker in name for marker in constant)}
+        constant.update(HOUR_FEATURES)
+    return {name: kind for name, kind in feature_schema(config).items() if name not in constant}
 
 
 def _columns(config: Config) -> tuple[list[str], list[str]]:

@@ -6,7 +6,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from ct_assets.lib.config import Config
-from ct_assets.lib.warehouse import Warehouse
+from ct_assets.lib.validation import range_bounds
+from ct_assets.lib.warehouse import Warehouse, quote_identifier
 
 DUCKDB_TYPES = {"float": "DOUBLE", "int": "BIGINT", "bool": "BOOLEAN", "string": "VARCHAR",
                 "category": "VARCHAR", "timestamp": "TIMESTAMP WITH TIME ZONE"}
@@ -33,10 +34,6 @@ class CheckOutcome:
     warn_only: bool = False
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def check_raw_events(
     warehouse: Warehouse, config: Config, start: dt.datetime, end: dt.datetime,
     rejected_rows: int,
@@ -46,27 +43,29 @@ def check_raw_events(
     types = dataset.column_types()
     # A row may land before its label (null target): that is not missing data.
     nullable = [name for name in types if name != dataset.target]
-    where = f"WHERE {_q(dataset.timestamp)} >= ? AND {_q(dataset.timestamp)} < ?"
+    time = quote_identifier(dataset.timestamp)
+    where = f"WHERE {time} >= ? AND {time} < ?"
     window = [start, end]
     with warehouse.connect() as connection:
         stored = {row[0]: row[1] for row in connection.execute("DESCRIBE raw_events").fetchall()}
         expected = {name: DUCKDB_TYPES[kind] for name, kind in types.items()}
         mismatched = {name: f"expected {kind}, found {stored.get(name, 'missing')}"
                       for name, kind in expected.items() if stored.get(name) != kind}
-        null_sql = ", ".join(f"avg(({_q(c)} IS NULL)::DOUBLE)" for c in nullable)
-        range_terms = [
-            f"count(*) FILTER ({_q(name)} {op} {bound})"
-            for name, spec in dataset.columns.items()
-            for op, bound in (("<", spec.min), (">", spec.max)) if bound is not None
-        ] or ["0"]
+        null_sql = ", ".join(f"avg(({quote_identifier(c)} IS NULL)::DOUBLE)" for c in nullable)
+        # Bounds are bound parameters; an int column's are whole numbers, so compared exactly.
+        bounds = [(name, op, bound) for name, spec in dataset.columns.items()
+                  for op, bound in zip(("<", ">"), range_bounds(types[name], spec), strict=True)
+                  if bound is not None]
+        range_sql = " + ".join(f"count(*) FILTER ({quote_identifier(name)} {op} ?)"
+                               for name, op, _ in bounds) or "0"
         row = connection.execute(
-            f"SELECT count(*), {null_sql}, {' + '.join(range_terms)} FROM raw_events {where}",
-            window,
+            f"SELECT count(*), {null_sql}, {range_sql} FROM raw_events {where}",
+            [*(bound for *_, bound in bounds), *window],
         ).fetchone()
         duplicates = 0
         if dataset.id:
             found = connection.execute(
-                f"SELECT count(*) - count(DISTINCT (_partition, {_q(dataset.id)})) "
+                f"SELECT count(*) - count(DISTINCT (_partition, {quote_identifier(dataset.id)})) "
                 f"FROM raw_events {where}", window,
             ).fetchone()
             duplicates = int(found[0]) if found else 0

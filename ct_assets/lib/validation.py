@@ -7,10 +7,11 @@ Every rejected row keeps its source file, row number, the partition it would hav
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import polars as pl
 
-from ct_assets.lib.config import DatasetConfig, PartitionsConfig
+from ct_assets.lib.config import ColumnSpec, DatasetConfig, PartitionsConfig
 from ct_assets.lib.files import ROW_NUMBER, SOURCE_FILE
 
 PARTITION = "_partition"
@@ -24,6 +25,10 @@ _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
 _POLARS_TYPES = {"float": pl.Float64, "int": pl.Int64, "bool": pl.Boolean, "string": pl.String,
                  "category": pl.String, "timestamp": pl.Datetime("us", "UTC")}
+# Whole numbers up to 2**53 are exact in a float; past it a float is already rounded.
+_EXACT_IN_FLOAT = 2**53
+# Integer text, with an optional zero fraction ("12", "-7", "+3", "12.0"): parsed exactly.
+_INTEGER_TEXT = r"^([+-]?\d+)(?:\.0*)?$"
 
 
 def polars_type(logical: str) -> pl.DataType:
@@ -46,9 +51,7 @@ def _cast(column: str, logical: str, source: pl.DataType) -> pl.Expr:
     if logical == "float":
         return (text if source == pl.String else raw).cast(pl.Float64, strict=False)
     if logical == "int":
-        number = (text if source == pl.String else raw).cast(pl.Float64, strict=False)
-        whole = number.is_finite() & (number.floor() == number)
-        return pl.when(whole).then(number).otherwise(None).cast(pl.Int64, strict=False)
+        return _integer(raw, text, source)
     if logical == "bool":
         if source == pl.Boolean:
             return raw
@@ -56,6 +59,41 @@ def _cast(column: str, logical: str, source: pl.DataType) -> pl.Expr:
         return (pl.when(lowered.is_in(_TRUE)).then(True)
                 .when(lowered.is_in(_FALSE)).then(False).otherwise(None))
     return raw.cast(pl.String)
+
+
+def _integer(raw: pl.Expr, text: pl.Expr, source: pl.DataType) -> pl.Expr:
+    """An int column as exact Int64; null where the value is not a whole number that fits.
+
+    Never through a float: a float holds 53 bits, so an id like 1234567890123456789 would come
+    back with other last digits (and two ids would collide). Integer text and integer columns
+    are cast exactly; a float (a Parquet float column, or text such as `1e3`) is accepted only
+    when whole and within 2**53, where it is known not to have been rounded.
+    """
+    if source.is_integer() or source == pl.Boolean:
+        return raw.cast(pl.Int64, strict=False)
+    if source.is_float():
+        return _whole_float(raw)
+    exact = text.str.replace(_INTEGER_TEXT, "${1}").cast(pl.Int64, strict=False)
+    return pl.coalesce(exact, _whole_float(text.cast(pl.Float64, strict=False)))
+
+
+def _whole_float(number: pl.Expr) -> pl.Expr:
+    whole = number.is_finite() & (number.floor() == number) & (number.abs() <= _EXACT_IN_FLOAT)
+    return pl.when(whole).then(number).otherwise(None).cast(pl.Int64, strict=False)
+
+
+def range_bounds(logical: str, spec: ColumnSpec) -> tuple[float | int | None, float | int | None]:
+    """The declared `(min, max)` to compare a column's values with.
+
+    For an int column they are whole numbers (min rounded up, max down), so Int64 values are
+    compared as integers: against a float bound they would be compared as floats, inexact
+    beyond 2**53.
+    """
+    if logical != "int":
+        return spec.min, spec.max
+    low = math.ceil(spec.min) if spec.min is not None and math.isfinite(spec.min) else spec.min
+    high = math.floor(spec.max) if spec.max is not None and math.isfinite(spec.max) else spec.max
+    return low, high
 
 
 def _parse_timestamp(text: pl.Expr, fmt: str | None) -> pl.Expr:
@@ -145,12 +183,13 @@ def validate_rows(
             problems.append(_problem(value.is_nan() | value.is_infinite(), "non_finite",
                                      pl.format(f"{what} {name!r}: non-finite value {{}}",
                                                _show(name))))
-        if spec.min is not None:
-            problems.append(_problem(value < spec.min, "out_of_range",
+        low, high = range_bounds(types[name], spec)
+        if low is not None:
+            problems.append(_problem(value < low, "out_of_range",
                                      pl.format(f"{what} {name!r}: {{}} is below min {spec.min}",
                                                _show(name))))
-        if spec.max is not None:
-            problems.append(_problem(value > spec.max, "out_of_range",
+        if high is not None:
+            problems.append(_problem(value > high, "out_of_range",
                                      pl.format(f"{what} {name!r}: {{}} is above max {spec.max}",
                                                _show(name))))
     if dataset.task == "binary":

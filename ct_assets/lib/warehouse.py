@@ -13,6 +13,15 @@ import polars as pl
 SCHEMA = "main"
 
 
+def quote_identifier(name: str) -> str:
+    """`name` as a DuckDB identifier: in double quotes, each embedded double quote doubled.
+
+    Use it for every table, column or metric name put into SQL text, whatever its source
+    (`ct.yaml`, a landed file's header, a constant); values are always bound parameters (`?`).
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
 class Warehouse:
     """A DuckDB file holding every DuckDB-stored asset as `main.<asset key>`."""
 
@@ -56,17 +65,18 @@ class Warehouse:
             connection.register("incoming", frame.to_arrow())
             connection.execute("BEGIN TRANSACTION")
             try:
+                quoted, time = quote_identifier(table), quote_identifier(time_column)
                 if not _exists(connection, table):
-                    connection.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming LIMIT 0')
+                    connection.execute(f"CREATE TABLE {quoted} AS SELECT * FROM incoming LIMIT 0")
                 existing = _columns(connection, table)
                 for name, kind in _columns(connection, "incoming").items():
                     if name not in existing:
-                        connection.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {kind}')
+                        connection.execute(f"ALTER TABLE {quoted} "
+                                           f"ADD COLUMN {quote_identifier(name)} {kind}")
                 deleted = connection.execute(
-                    f'DELETE FROM "{table}" WHERE "{time_column}" >= ? AND "{time_column}" < ?',
-                    [start, end],
+                    f"DELETE FROM {quoted} WHERE {time} >= ? AND {time} < ?", [start, end],
                 ).fetchone()
-                connection.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming')
+                connection.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM incoming")
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
@@ -80,14 +90,15 @@ class Warehouse:
         columns: list[str] | None = None,
     ) -> pl.DataFrame:
         """Rows of `table` with `start <= time_column < end`, ordered by time."""
-        selected = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        selected = ", ".join(quote_identifier(c) for c in columns) if columns else "*"
+        quoted, time = quote_identifier(table), quote_identifier(time_column)
         with self.connect() as connection:
             if not _exists(connection, table):
                 raise LookupError(f"table {table!r} does not exist in {self.path}; "
                                   "materialize its asset first")
             return connection.execute(
-                f'SELECT {selected} FROM "{table}" WHERE "{time_column}" >= ? '
-                f'AND "{time_column}" < ? ORDER BY "{time_column}"', [start, end],
+                f"SELECT {selected} FROM {quoted} WHERE {time} >= ? AND {time} < ? "
+                f"ORDER BY {time}", [start, end],
             ).pl()
 
     def query(self, sql: str, parameters: list[object] | None = None) -> pl.DataFrame:
@@ -105,5 +116,5 @@ def _exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 
 def _columns(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = connection.execute(f'DESCRIBE "{table}"').fetchall()
+    rows = connection.execute(f"DESCRIBE {quote_identifier(table)}").fetchall()
     return {row[0]: row[1] for row in rows}

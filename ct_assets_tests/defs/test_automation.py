@@ -49,8 +49,19 @@ def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp
         again = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=result.cursor, definitions=defs))
         assert not again.run_requests  # a file is taken once per content
-        assert set(json.loads(result.cursor)) == {"labels_2026-01-02.parquet",
-                                                  "labels_2026-01-03.parquet"}
+        assert set(json.loads(result.cursor)["files"]) == {"labels_2026-01-02.parquet",
+                                                           "labels_2026-01-03.parquet"}
+        # The same bytes landed again after a removal are ingested again, under a new key.
+        saved = (config.labels_dir / "labels_2026-01-03.parquet").read_bytes()
+        (config.labels_dir / "labels_2026-01-03.parquet").unlink()
+        removed = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=result.cursor, definitions=defs))
+        (config.labels_dir / "labels_2026-01-03.parquet").write_bytes(saved)
+        settle(config.labels_dir)
+        back = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=removed.cursor, definitions=defs))
+        keys = [tick.run_requests[0].run_key for tick in (result, removed, back)]
+        assert len(set(keys)) == 3, keys
 
 
 def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
@@ -83,3 +94,33 @@ def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
     log = TriggerLog(config.storage_dir).entries()
     assert [(e["decision"], e["partition"]) for e in log] == [
         ("skipped", "2026-01-12"), ("launched", "2026-01-14")]
+
+
+def test_late_rows_ask_to_rebuild_the_features_of_the_partitions_that_read_them(tmp_path):
+    config = config_from_dict({"dataset": {"source": "simulator"},
+                               "partitions": {"start": "2026-01-01"},
+                               "storage": {"dir": "data"}}, base_dir=tmp_path)
+    write_days(config.landing_dir, start=dt.date(2026, 1, 1), days=12, rows_per_day=50)
+    defs = build_definitions(config)
+    features = dg.AssetKey("features")
+    selection = dg.AssetSelection.assets("features")
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+    def ingest(first, last):
+        assert defs.resolve_job_def("data_job").execute_in_process(
+            instance=instance, resources=defs.resources, run_config=quiet,
+            tags={"dagster/asset_partition_range_start": first,
+                  "dagster/asset_partition_range_end": last}).success
+
+    with dg.instance_for_test() as instance:
+        ingest("2026-01-01", "2026-01-12")  # what the landing sensor runs for new files
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                                    asset_selection=selection)
+        assert settled.get_requested_partitions(features) == set()  # built with their data
+        ingest("2026-01-03", "2026-01-03")  # late rows for Jan 3
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                                  asset_selection=selection,
+                                                  cursor=settled.cursor)
+        # features.lookback is 7: Jan 4 … 10 read Jan 3's rows; Jan 3 was rebuilt with them.
+        assert after.get_requested_partitions(features) == {
+            f"2026-01-{day:02d}" for day in range(4, 11)}

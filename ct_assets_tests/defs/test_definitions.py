@@ -22,9 +22,10 @@ EXPECTED_GRAPH = {
     "training_set": {"group": "training", "deps": {"features"}, "kinds": {"duckdb", "polars"},
                      "pool": "duckdb", "partitioned": False},
     "candidate_model": {"group": "training", "deps": {"training_set"},
-                        "kinds": {"lightgbm", "duckdb"}, "pool": "duckdb", "partitioned": False},
+                        # No pool: it claims `duckdb` only around its reads (defs/runs.py).
+                        "kinds": {"lightgbm", "duckdb"}, "pool": None, "partitioned": False},
     "validation_report": {"group": "validation", "deps": {"candidate_model", "training_set"},
-                          "kinds": {"duckdb", "matplotlib"}, "pool": "duckdb",
+                          "kinds": {"duckdb", "matplotlib"}, "pool": None,
                           "partitioned": False},
     "deployed_model": {"group": "deployment", "deps": {"validation_report", "candidate_model"},
                        "kinds": {"json"}, "pool": None, "partitioned": False},

@@ -155,6 +155,9 @@ def test_metric_defaults_follow_the_task(tmp_path):
      "gate.metric: 'rmse' is not a binary metric"),
     ({"dataset": REGRESSION_DATASET, "gate": {"metric": "roc_auc"}},
      "gate.metric: 'roc_auc' is not a regression metric"),
+    # An unknown name never reaches the SQL that selects the metric column.
+    ({"dataset": FILES_DATASET, "gate": {"metric": 'roc_auc" FROM x; --'}},
+     "gate.metric: 'roc_auc\" FROM x; --' is not a binary metric"),
     ({"dataset": FILES_DATASET, "triggers": {"min_performance": 1.5}},
      "triggers.min_performance: roc_auc lies in [0, 1], got 1.5"),
     ({"dataset": REGRESSION_DATASET, "gate": {"min_value": -1}},
@@ -169,3 +172,11 @@ def test_metrics_and_bounds_are_validated_against_the_task(tmp_path, raw, expect
     with pytest.raises(ConfigError) as error:
         config_from_dict(raw, base_dir=tmp_path)
     assert expected in str(error.value)
+
+
+def test_an_integer_bound_stays_exact_past_two_to_the_53(tmp_path):
+    dataset = {**FILES_DATASET, "columns": {"ts": "timestamp", "label": "int",
+                                            "x": {"type": "int", "max": 2**53 + 1, "min": 0.5}}}
+    spec = config_from_dict({"dataset": dataset}, base_dir=tmp_path).dataset.columns["x"]
+    assert spec.max == 2**53 + 1 and isinstance(spec.max, int)
+    assert spec.min == 0.5

@@ -24,9 +24,11 @@ from ct_assets.lib.model_store import (
     DECISION,
     MANIFEST,
     POINTER,
+    SEAL_KEY,
     ModelStore,
     ModelStoreError,
 )
+from ct_assets.lib.monitoring import REFERENCE_FILE
 from ct_assets.lib.simulator import simulate_day
 from ct_assets.lib.training import LIGHTGBM_FILE, SPEC_FILE, train_model
 
@@ -62,7 +64,13 @@ def manifest_for(model, **extra):
 
 def save_version(store, version, model, work, **extra):
     files = model.save(work / f"source-{version}")
+    files[REFERENCE_FILE] = _file(work / f"source-{version}" / REFERENCE_FILE, b"{}")
     return store.save(version, files, manifest_for(model, **extra))
+
+
+def approve(store, *versions):
+    for version in versions:
+        store.record_decision(version, {"approved": True, "reasons": []})
 
 
 def sha256(path):
@@ -83,12 +91,13 @@ def test_save_then_manifest_verifies_and_returns_the_sha256(store, scored, tmp_p
     assert directory == store.path("v1")
     manifest = store.manifest("v1")
     assert manifest["version"] == "v1" and manifest["reason"] == "initial"
-    assert set(manifest["files"]) == {LIGHTGBM_FILE, SPEC_FILE}
+    assert set(manifest["files"]) == {LIGHTGBM_FILE, SPEC_FILE, REFERENCE_FILE}
     for name, digest in manifest["files"].items():
         assert digest == sha256(directory / name)
-    assert {p.name for p in directory.iterdir()} == {LIGHTGBM_FILE, SPEC_FILE, MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {LIGHTGBM_FILE, SPEC_FILE, REFERENCE_FILE,
+                                                     MANIFEST}
     assert store.versions() == ["v1"]
-    assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == [SEAL_KEY]
     assert store.describe("v1")["decision"] is None
 
 
@@ -135,6 +144,7 @@ def test_tampering_blocks_promotion(store, scored, tmp_path):
     model, _ = scored
     save_version(store, "a", model, tmp_path)
     save_version(store, "b", model, tmp_path)
+    approve(store, "a", "b")
     store.promote("a", "initial")
     _flip_one_byte(store.path("b") / LIGHTGBM_FILE, position=10)
     with pytest.raises(ModelStoreError, match="sha256 mismatch"):
@@ -232,8 +242,10 @@ def test_promote_status_and_rollback(store, scored, tmp_path):
     assert {v: store.status(v) for v in "abcd"} == {
         "a": "deployed", "b": "candidate", "c": "rejected", "d": "candidate"}
 
-    second = store.promote("b", "drift")
-    assert second["previous"] == "a"
+    with pytest.raises(ModelStoreError, match="the gate never validated b"):
+        store.promote("b", "drift")
+    second = store.promote("b", "drift", force=True)
+    assert second["previous"] == "a" and "never validated" in second["forced"]
     assert second["metrics"] == manifest_for(model)["metrics"]  # no decision: manifest's
     assert {v: store.status(v) for v in "abcd"} == {
         "a": "retired", "b": "deployed", "c": "rejected", "d": "candidate"}
@@ -252,6 +264,7 @@ def test_promote_status_and_rollback(store, scored, tmp_path):
 def test_promoting_an_unknown_version_changes_nothing(store, scored, tmp_path):
     model, _ = scored
     save_version(store, "a", model, tmp_path)
+    approve(store, "a")
     store.promote("a", "initial")
     before = (store.root / POINTER).read_bytes()
     with pytest.raises(ModelStoreError, match="manifest is missing"):
@@ -314,6 +327,7 @@ def test_sigkill_during_promotion_leaves_a_valid_pointer(store, scored, tmp_path
     model, frame = scored
     save_version(store, "A", model, tmp_path)
     save_version(store, "B", model, tmp_path)
+    approve(store, "A", "B")
     script = tmp_path / "promote_loop.py"
     script.write_text(textwrap.dedent(PROMOTE_LOOP), encoding="utf-8")
     chance = random.Random()
@@ -345,10 +359,11 @@ def test_sigkill_during_save_never_leaves_a_half_written_version(store, scored, 
     model.save(source)
     # A larger file makes the kill likely to land while a version is being copied.
     (source / "padding.bin").write_bytes(os.urandom(4 << 20))
+    (source / REFERENCE_FILE).write_bytes(b"{}")
     script = tmp_path / "save_loop.py"
     script.write_text(textwrap.dedent(SAVE_LOOP), encoding="utf-8")
     chance = random.Random()
-    expected_files = {LIGHTGBM_FILE, SPEC_FILE, "padding.bin"}
+    expected_files = {LIGHTGBM_FILE, SPEC_FILE, "padding.bin", REFERENCE_FILE}
     for round_ in range(KILL_ROUNDS):
         delay = chance.uniform(0.05, 0.5)
         _run_and_kill(script, [store.root, source, f"r{round_:02d}"], delay)
