@@ -1,6 +1,7 @@
 """Deployment stage: promote an approved candidate; score partitions with the champion."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -69,10 +70,13 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
     dataset = config.dataset
 
     @dg.asset(deps=["validation_report", "candidate_model"], group_name="deployment",
-              kinds={"json"}, freshness_policy=dg.FreshnessPolicy.time_window(
+              kinds={"json"}, output_required=False,
+              # Dagster's freshness daemon measures it from the latest materialization, which
+              # is a promotion (or a `ct rollback`): a model is as fresh as its promotion.
+              freshness_policy=dg.FreshnessPolicy.time_window(
                   fail_window=parse_duration(config.triggers.max_model_age)))
-    def deployed_model(context: dg.AssetExecutionContext,
-                       model_store: ModelStoreResource) -> dg.MaterializeResult:
+    def deployed_model(context: dg.AssetExecutionContext, model_store: ModelStoreResource
+                       ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
         """The champion in production: the candidate is promoted only when the gate approved it.
 
         The candidate is the one `validation_report` judged in this run (or the run it
@@ -82,6 +86,9 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         (e.g. by a rollback), the pointer is left alone and the outcome says why. The pointer
         (`deployed.json`) is replaced atomically and keeps the promotion history; when the
         gate rejected the candidate, the champion stays and the reason is shown here.
+
+        Only a promotion is a materialization, so the asset's freshness is the model's age
+        since its promotion; a run that changes nothing records an observation saying why.
         """
         store = model_store.get()
         champion = store.deployed()
@@ -100,7 +107,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         deployed = champion["version"] if champion else "none"
         metrics = (champion or {}).get("metrics", {})
         learned = store.describe(deployed) if champion else {}
-        return dg.MaterializeResult(metadata={
+        metadata = {
             "deployed_version": deployed,
             "outcome": outcome,
             "reason": (champion or {}).get("reason", "none"),
@@ -113,7 +120,11 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             "regime_partitions": regime_partitions(learned),
             **{f"deployed_{k}": v for k, v in metrics.items()
                if isinstance(v, float) and np.isfinite(v)},
-        })
+        }
+        if approved:
+            yield dg.MaterializeResult(metadata=metadata)
+        else:
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata=metadata)
 
     @dg.asset(
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),

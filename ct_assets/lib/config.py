@@ -304,7 +304,9 @@ class TriggersConfig(_Section):
     @field_validator("max_model_age")
     @classmethod
     def _is_duration(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) < dt.timedelta(minutes=1):
+            # also the shortest window of a Dagster freshness policy (`deployed_model`'s)
+            raise ValueError(f"{value!r} is shorter than the shortest model age, 1 minute")
         return value
 
 

@@ -8,6 +8,7 @@ test, so each test runs against its own warehouse, model store and persistent Da
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,22 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return built(tmp_path_factory, "lightgbm")
 
 
+def observed(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The metadata of `deployed_model`'s observation in a run that promoted nothing."""
+    assert "deployed_model" not in materialized(result)  # only a promotion materializes it
+    [event] = [event for event in result.get_asset_observation_events()
+               if event.asset_key == dg.AssetKey("deployed_model")]
+    observation = event.event_specific_data.asset_observation
+    return {key: value.value for key, value in observation.metadata.items()}
+
+
 def deployed_model_alone(config: Config, instance: dg.DagsterInstance) -> dict[str, Any]:
-    """Materialize `deployed_model` on its own (as from the UI); its metadata."""
+    """Materialize `deployed_model` on its own (as from the UI); what it observed."""
     job = build_definitions(config).resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(instance=instance, run_config=QUIET,
                                     asset_selection=[dg.AssetKey("deployed_model")])
     assert result.success
-    return materialized(result)["deployed_model"]
+    return observed(result)
 
 
 def test_a_forged_verdict_is_not_deployed_by_materializing_deployed_model(base, tmp_path):
@@ -98,7 +108,7 @@ def test_deployed_model_alone_never_reverts_a_rollback(base, tmp_path, capsys):
             instance=instance, run_config=QUIET,
             asset_selection=[dg.AssetKey("validation_report"), dg.AssetKey("deployed_model")])
         assert again.success
-        outcome = materialized(again)["deployed_model"]["outcome"]
+        outcome = observed(again)["outcome"]
         assert f"{newer} was deployed before and replaced" in outcome
     assert store.deployed()["version"] == base["version"]
     assert [r["reason"] for r in store.pointer()["history"]] == ["initial", "drift", "rollback"]
@@ -279,3 +289,36 @@ def test_the_validation_report_is_replaced_in_one_transaction(tmp_path):
     after = Warehouse(warehouse.path).query("SELECT role, segment, metric, value "
                                             "FROM validation_report ORDER BY segment")
     assert isinstance(after, pl.DataFrame) and after.equals(before)
+
+
+def test_the_model_is_as_fresh_as_its_promotion(base, tmp_path):
+    """Dagster's freshness evaluator (what its daemon runs) judges `deployed_model` from its
+    promotion: a run that promotes nothing does not make an old model look fresh."""
+    import asyncio
+
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.definitions.freshness_evaluator import (
+        TimeWindowFreshnessPolicyEvaluator,
+    )
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.test_utils import freeze_time
+
+    path, _ = clone(base["root"], tmp_path / "project")
+    config = load_config(write_config(path.parent, triggers={"max_model_age": "1m"}))
+    node = build_definitions(config).resolve_asset_graph().get(dg.AssetKey("deployed_model"))
+    assert node.freshness_policy is not None
+
+    def freshness(instance: dg.DagsterInstance, at: float) -> FreshnessState:
+        with freeze_time(at):  # the daemon's clock, a minute and a second after the promotion
+            return asyncio.run(TimeWindowFreshnessPolicyEvaluator().evaluate_freshness(
+                context=LoadingContextForTest(instance), node=node))
+
+    with project_instance(config) as instance:
+        promoted = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+        assert promoted is not None
+        time.sleep(1.5)
+        deployed_model_alone(config, instance)  # promotes nothing, a second or more later
+        latest = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+        assert latest.timestamp == promoted.timestamp and latest.run_id == promoted.run_id
+        assert freshness(instance, promoted.timestamp + 30) == FreshnessState.PASS
+        assert freshness(instance, promoted.timestamp + 61) == FreshnessState.FAIL

@@ -73,6 +73,8 @@ def test_ct_config_environment_variable(tmp_path, monkeypatch):
          "training.holdout (5) must be smaller than training.window (5)"),
         ({"dataset": {"source": "simulator"}, "triggers": {"max_model_age": "soon"}},
          "triggers.max_model_age"),
+        ({"dataset": {"source": "simulator"}, "triggers": {"max_model_age": "30s"}},
+         "shorter than the shortest model age, 1 minute"),
         ({"dataset": {"source": "simulator"}, "features": {"relative_to_recent": ["region"]}},
          "column 'region' is not numeric"),
     ],
