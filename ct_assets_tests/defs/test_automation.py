@@ -124,3 +124,29 @@ def test_late_rows_ask_to_rebuild_the_features_of_the_partitions_that_read_them(
         # features.lookback is 7: Jan 4 … 10 read Jan 3's rows; Jan 3 was rebuilt with them.
         assert after.get_requested_partitions(features) == {
             f"2026-01-{day:02d}" for day in range(4, 11)}
+
+
+def test_a_failure_seen_while_a_retrain_runs_is_judged_again_if_that_retrain_crashes(tmp_path):
+    config = make_config(tmp_path)
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("drift_sensor")
+    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    with dg.instance_for_test() as instance:
+        running = instance.create_run_for_job(
+            defs.resolve_job_def("retrain_job"), tags={"ct/reason": "manual"},
+            status=dg.DagsterRunStatus.STARTED)
+        time.sleep(1.1)  # check records keep whole seconds: the failure comes after the run
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=check.asset_key, check_name=check.name, passed=False,
+            metadata={"first_flagged": "2026-01-12"}))
+        waiting = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
+                                                               definitions=defs))
+        assert not waiting.run_requests
+        assert "already queued or running" in waiting.skip_message
+        assert waiting.cursor is None  # the failure is not consumed
+
+        # The manual retrain crashes before the gate: it answered nothing.
+        instance.report_run_failed(instance.get_run_by_id(running.run_id))
+        after = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=waiting.cursor, definitions=defs))
+        assert [r.tags["ct/change_point"] for r in after.run_requests] == ["2026-01-12"]
