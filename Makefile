@@ -32,7 +32,7 @@ test: $(STAMP) $(CHROMIUM)
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
 dev: $(STAMP)
-	DAGSTER_HOME=$$($(CT) home) $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$$($(CT) home) $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -200,7 +200,8 @@ def attribute_dagster(config: Config, first: str, last: str, instance_kind: str
         timers.wrap(Quarantine, method, "raw_events: quarantine and catalog writes")
     timers.wrap(FileCatalog, "save", "raw_events: quarantine and catalog writes")
     timers.wrap(ingest_defs, "check_raw_events", "raw_events: checks (DuckDB queries)")
-    for name in ("frame_metadata", "_per_partition", "_rejections", "check_result"):
+    for name in ("_partition_figures", "record_partition_metadata", "_rejections",
+                 "range_check_results"):
         timers.wrap(ingest_defs, name, "raw_events: metadata building")
     timers.wrap(features_defs, "build_features", "features: build_features")
     timers.wrap(features_defs, "offset_partitions", "features: build_features")

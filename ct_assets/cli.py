@@ -73,8 +73,10 @@ def _day(text: str) -> dt.date:
 
 
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
-    """Write simulated days into the landing dir."""
+    """Write simulated days into the landing dir, and record them (`simulated_days.json`)."""
     from ct_assets.lib import simulator
+    from ct_assets.lib.config import record_simulated_days
+    from ct_assets.lib.files import discover
 
     if config.dataset.source != "simulator":
         raise ConfigError(f"{config.path}: dataset.source is {config.dataset.source!r}; "
@@ -85,10 +87,14 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         offset = args.drift_day if args.drift_day is not None else args.days // 2
         drift_start = start + dt.timedelta(days=offset)
     scenario = simulator.DriftScenario(kind=args.drift, start=drift_start)
+    fresh = not discover(config.landing_dir)
     paths = simulator.write_days(config.landing_dir, start=start, days=args.days,
                                  rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario,
                                  labels_dir=config.labels_dir,
                                  label_delay=config.triggers.label_delay)
+    # An unset partitions.start starts at the simulated history (see PartitionsConfig).
+    record_simulated_days(config.storage_dir, start,
+                          start + dt.timedelta(days=args.days - 1), fresh=fresh)
     labels = [path for path in paths if config.labels_dir and path.parent == config.labels_dir]
     report = {"landing_dir": str(config.landing_dir), "files": len(paths) - len(labels),
               "label_files": len(labels),
@@ -172,6 +178,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
             "promoted_at": deployed["promoted_at"], "reason": deployed["reason"],
             "age_seconds": round((dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(
                 deployed["promoted_at"])).total_seconds()),
+            "trigger": deployed.get("trigger"), "holdout": deployed.get("holdout"),
         },
         "last_retrain": None if latest is None else {
             "version": versions[-1], "created_at": latest.get("created_at"),
@@ -192,6 +199,15 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"deployed: {deployed['version']} ({deployed['reason']}, promoted "
               f"{deployed['promoted_at']}, {_age(deployed['promoted_at'])} ago)")
         print(f"  holdout: {metrics or 'n/a'}")
+        trigger, holdout = deployed.get("trigger") or {}, deployed.get("holdout") or {}
+        if trigger:
+            print(f"  trigger: {trigger['kind']} at {trigger['partition']} (run "
+                  f"{trigger['run_id']}): {trigger['detail']}")
+        before, after = holdout.get("before"), holdout.get("after")
+        if isinstance(after, float):
+            was = (f"{before:.4f} (champion {holdout.get('champion_before')})"
+                   if isinstance(before, float) else "none (no champion)")
+            print(f"  {holdout.get('metric')} on the same holdout: {was} → {after:.4f}")
     if latest is not None:
         last = report["last_retrain"]
         print(f"last retrain: {last['version']} ({last['reason']}) → {last['status']}")

@@ -11,7 +11,13 @@ import datetime as dt
 import polars as pl
 
 from ct_assets.lib import simulator
-from ct_assets.lib.config import Config, ConfigError
+from ct_assets.lib.config import (
+    Config,
+    ConfigError,
+    record_simulated_days,
+    with_simulated_start,
+)
+from ct_assets.lib.files import discover
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.monitoring import drift_verdict
 from ct_assets.lib.reports import text_table
@@ -32,8 +38,11 @@ def run_demo(config: Config, *, history_days: int = 30, drifted_days: int = 10,
     scenario = simulator.DriftScenario(kind, drift_day)
     out = [f"1. history: {history_days} days from {start} ({rows_per_day} rows/day)"]
     labels = {"labels_dir": config.labels_dir, "label_delay": config.triggers.label_delay}
+    fresh = not discover(config.landing_dir)
     simulator.write_days(config.landing_dir, start=start, days=history_days,
                          rows_per_day=rows_per_day, drift=scenario, **labels)
+    record_simulated_days(config.storage_dir, start, today, fresh=fresh)
+    config = with_simulated_start(config)  # partitions from the first simulated day
     first = run_pipeline(config, progress=progress)
     out += [format_summary(first), "",
             f"2. {drifted_days} more days up to today, {kind} drift injected from {drift_day}"]

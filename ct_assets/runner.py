@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +14,7 @@ import polars as pl
 from ct_assets.definitions import build_definitions
 from ct_assets.defs.automation import DETAIL_TAG, GATE_CHECK
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
+from ct_assets.defs.training import SKIPPED_KEY
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
 from ct_assets.lib.model_store import ModelStore
@@ -24,9 +24,7 @@ from ct_assets.lib.triggers import TriggerLog
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse, quote_identifier
 
-# Beta notices about backfill policies and partition mappings are noise for `ct` users.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+# (Dagster's beta notices are silenced once, in ct_assets/defs/__init__.py.)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -45,7 +43,7 @@ class _Runner:
         self.runs: list[dict] = []
 
     def run(self, job_name: str, label: str, tags: dict[str, str]) -> dict:
-        """Run one job; its record: `outcome` ok, rejected (the gate said no) or failed."""
+        """Run one job; its record: `outcome` ok, skipped, rejected (the gate said no) or failed."""
         began = time.perf_counter()
         if self.progress:
             print(f"[{len(self.runs) + 1}] {job_name} {label}", end="", file=sys.stderr,
@@ -60,7 +58,8 @@ class _Runner:
                   "success": result.success, "seconds": round(seconds, 2), **run_outcome(result)}
         self.runs.append(record)
         if self.progress:
-            said = {"ok": "ok", "rejected": "REJECTED", "failed": "FAILED"}[record["outcome"]]
+            said = {"ok": "ok", "skipped": "SKIPPED", "rejected": "REJECTED",
+                    "failed": "FAILED"}[record["outcome"]]
             print(f"  {said} in {seconds:.1f}s", file=sys.stderr)
             if record.get("message"):
                 print(f"    {record['message']}", file=sys.stderr)
@@ -75,8 +74,10 @@ class _Runner:
 def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True) -> dict:
     """One in-process pass of what the daemon does, in dependency order.
 
-    1. every landed partition that is new or changed is ingested and featurised (`data_job`,
-       one run and one scan per contiguous range);
+    1. every landed partition whose files differ from those its last ingestion took in (the
+       file catalog's record, which the landing and label sensors read too, so the daemon
+       does not ingest again what this pass did) is ingested and featurised (`data_job`, one
+       run and one scan per contiguous range);
     2. when no model is deployed yet, `retrain_job` trains, validates and promotes one
        (reason `initial`);
     3. partitions without predictions, drift reports or (once labels are known) performance
@@ -119,8 +120,9 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
             if triggers.requests:
                 request = triggers.requests[0]  # one retrain per pass: it trains on every
                 reason = request.tags[REASON_TAG]  # landed partition, so it answers them all
+                detail = request.tags.get(DETAIL_TAG, "")
                 record = runner.run(
-                    "retrain_job", f"({reason}: {request.tags.get(DETAIL_TAG, '')})",
+                    "retrain_job", f"({reason}: {detail[:90]}{'…' if len(detail) > 90 else ''})",
                     dict(request.tags))
                 if record["outcome"] != "failed":  # a crash leaves the events pending
                     triggers.commit(answered_by=record["run_id"])
@@ -129,6 +131,7 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     return {"landed_partitions": len(landed), "runs": runner.runs,
             "failed_runs": sum(run["outcome"] == "failed" for run in runner.runs),
             "rejected": [run["message"] for run in runner.runs if run["outcome"] == "rejected"],
+            "skipped": [run["message"] for run in runner.runs if run["outcome"] == "skipped"],
             "partitions": partition_summary(config, sorted(landed)),
             "deployed": store.deployed(),
             "sample_predictions": sample_predictions(config)}
@@ -177,12 +180,20 @@ def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[st
 
 
 def run_outcome(result: dg.ExecuteInProcessResult) -> dict[str, str]:
-    """What a run came to: `ok`, `rejected` or `failed`, and a message.
+    """What a run came to: `ok`, `skipped`, `rejected` or `failed`, and a message.
 
+    `skipped`: a retrain that trained nothing, its data being the champion's (the reason);
     `rejected`: the gate refused the candidate and nothing else failed, a normal outcome of a
     retrain; `failed`: anything else that did not succeed, with each failed step's error.
     """
     if result.success:
+        observed = [event.asset_observation_data.asset_observation
+                    for event in result.get_asset_observation_events()]
+        skipped = [observation.metadata[SKIPPED_KEY].value for observation in observed
+                   if observation.asset_key == dg.AssetKey("training_set")
+                   and SKIPPED_KEY in observation.metadata]
+        if skipped:
+            return {"outcome": "skipped", "message": str(skipped[-1])}
         return {"outcome": "ok"}
     refused = [evaluation for evaluation in result.get_asset_check_evaluations()
                if evaluation.asset_check_key == GATE_CHECK and not evaluation.passed]
@@ -305,7 +316,7 @@ def format_summary(summary: dict) -> str:
     totals = pl.DataFrame(partitions) if partitions else None
     lines = [f"{summary['landed_partitions']} partitions landed; "
              f"{len(summary['runs'])} run(s), {summary['failed_runs']} failed"]
-    lines += summary.get("rejected", [])
+    lines += summary.get("rejected", []) + summary.get("skipped", [])
     lines += [f"run {run['run_id']} ({run['job']} {run['what']}) failed: {run['message']}"
               for run in summary["runs"] if run["outcome"] == "failed"]
     if partitions:

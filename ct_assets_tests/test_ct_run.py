@@ -97,6 +97,7 @@ def test_a_retrain_that_crashes_leaves_its_trigger_pending_for_the_next_run(
     assert store.deployed()["version"] == first and store.versions() == [first]
 
     edit(path, "training", window=10, holdout=2)  # fixed: the drift event is answered now
+    edit(path, "gate", max_regression=1.0)  # (so that its candidate is promoted, below)
     code, out, err = ct_run(path, capfd)
     assert code == 0, out + err
     assert "retrain_job (drift" in err, err
@@ -105,6 +106,28 @@ def test_a_retrain_that_crashes_leaves_its_trigger_pending_for_the_next_run(
     assert retrained["reason"] == "drift" and retrained["decision"] is not None
     latest = TriggerLog(config.storage_dir).latest()
     assert latest["drift_sensor"]["decision"] == "launched"
+
+    # Why it was retrained, where one looks: `ct status` and deployed_model's metadata.
+    drifted_day = (FIRST_DAY + dt.timedelta(days=DAYS)).isoformat()
+    capfd.readouterr()
+    assert cli.main(["--config", str(path), "status", "--json"]) == 0
+    status = json.loads(capfd.readouterr().out)["deployed"]
+    assert status["version"] == retrained["version"]
+    trigger, holdout = status["trigger"], status["holdout"]
+    assert trigger["kind"] == "drift" and trigger["partition"] == drifted_day
+    assert f"feature_drift failed for {drifted_day}" in trigger["detail"]
+    assert "amount" in trigger["detail"]  # a drifted feature of the covariate drift
+    assert holdout["metric"] == "roc_auc" and holdout["champion_before"] == first
+    assert isinstance(holdout["before"], float) and isinstance(holdout["after"], float)
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+        assert trigger["run_id"] == event.run_id  # the retrain run that promoted it
+        shown = {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
+    assert shown["trigger_partition"] == drifted_day and shown["trigger_kind"] == "drift"
+    assert shown["holdout_roc_auc_after"] == round(holdout["after"], 4)
+    assert cli.main(["--config", str(path), "status"]) == 0
+    text = capfd.readouterr().out
+    assert f"trigger: drift at {drifted_day}" in text and "on the same holdout: " in text
 
     code, _, err = ct_run(path, capfd)  # answered once: no second drift retrain
     assert code == 0 and "retrain_job" not in err, err

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import polars as pl
 import pytest
 import yaml
@@ -195,6 +196,15 @@ def test_online_strategy_learns_each_labelled_partition_through_the_gate(history
     assert len(judged) == 2 and updates[-1]["decision"] is None
     for update in judged:
         assert "which neither model had learned" in update["decision"]["notes"][0]
+    with dg.DagsterInstance.get() as instance:  # each partition's model_update says its own
+        for update in updates:
+            key = update["online"]["learned_partition"]
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("model_update"), asset_partitions=[key]), limit=1).records
+            shown = {name: entry.value for name, entry in
+                     records[0].asset_materialization.metadata.items()}
+            assert shown["pending_version"] == update["version"]
+            assert f"learned {key} into {update['version']}" in shown["outcome"]
     # Promotions are ordinary versions: deployed with reason online, and rolled back as any.
     promoted = [u for u in judged if u["decision"]["approved"]]
     status = ct(path, capsys, "status")

@@ -14,8 +14,14 @@ from dagster._core.storage.asset_check_execution_record import (
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
 from ct_assets.lib.config import Config, parse_duration
+from ct_assets.lib.ingest import FileCatalog
 from ct_assets.lib.landing import LandingCursor, LandingRun, plan_landing_runs, scan_landing
-from ct_assets.lib.triggers import TriggerLog, cooldown_reason, followup_due
+from ct_assets.lib.triggers import (
+    TriggerLog,
+    cooldown_reason,
+    describe_failure,
+    followup_due,
+)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -36,18 +42,22 @@ def build_label_sensor(config: Config, partitions_def: dg.PartitionsDefinition
     def label_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """New, changed or removed label files → `labels` for the partitions they became known in.
 
-        Tracked by content like data files, with the same generations in the cursor and the
-        run keys (a label file going X → Y → X is ingested three times); the automation
-        sensor then measures the performance of the partitions whose labels these are.
+        Compared, like data files, with the record of what `labels` ingested (whoever
+        launched it: this sensor, `ct run` or `ct demo`), with the same generations in the
+        cursor and the run keys (a label file going X → Y → X is ingested three times); the
+        automation sensor then measures the performance of the partitions whose labels these
+        are.
         """
         cursor = LandingCursor.parse(context.cursor)
-        changes = scan_landing(config, cursor.files, labels=True)
+        changes = scan_landing(config, cursor, FileCatalog(config.labels_catalog_path),
+                               labels=True)
         runs, after = plan_landing_runs(cursor, changes, partitions_def.get_partition_keys(),
                                         kind="labels")
-        if not changes.changed and not changes.removed:
-            if changes.state == cursor.files:
-                return dg.SkipReason(f"no new or changed label files in {config.labels_dir}")
-            return dg.SensorResult(skip_reason="only metadata changed", cursor=after.dump())
+        if not changes.partitions:
+            if after == cursor:
+                return dg.SkipReason(f"every label file in {config.labels_dir} is ingested "
+                                     "or asked for")
+            return dg.SensorResult(skip_reason="nothing new to ingest", cursor=after.dump())
         requests = landing_requests("labels", runs, ["labels"])
         context.log.info(f"{len(changes.changed)} changed and {len(changes.removed)} removed "
                          f"label file(s) → {len(requests)} run(s) of labels "
@@ -76,24 +86,27 @@ def build_landing_sensor(config: Config, partitions_def: dg.PartitionsDefinition
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """New, changed or removed complete files → `landing_job` for the partitions they cover.
 
-        Files are tracked by content (sha256), so a file is taken once per change of content
-        and a copy with an old mtime is still seen; files still being written are left for a
-        later tick. The cursor (what was seen, and a generation that grows with every tick
-        that found a change) lives in the instance and survives daemon restarts. Each run's
-        key holds the generation and the contents it ingests: a content that comes back
-        (X → Y → X) or a file landed again after its removal gets a new run, while a retried
-        tick starts no second one. Once a model is deployed, the same run also scores the
-        partitions and checks their drift, so a drifted file reaches `drift_sensor` without
-        waiting for a tick of the automation sensor.
+        The landing dir is compared, by content (sha256), with the record of what
+        `raw_events` ingested per partition (the file catalog, written by every ingestion:
+        this sensor's runs, `ct run`, `ct demo`), so nothing `ct demo` ingested is ingested
+        again, and a copy with an old mtime is still seen; files still being written are left
+        for a later tick. The cursor (a cache of file hashes, the partitions asked for and not
+        yet ingested, and a generation that grows with every tick that asks for a run) lives
+        in the instance. Each run's key holds the generation and the contents it ingests: a
+        content that comes back (X → Y → X) or a file landed again after its removal gets a
+        new run, while a retried tick starts no second one. Once a model is deployed, the same
+        run also scores the partitions and checks their drift, so a drifted file reaches
+        `drift_sensor` without waiting for a tick of the automation sensor.
         """
         cursor = LandingCursor.parse(context.cursor)
-        changes = scan_landing(config, cursor.files)
+        changes = scan_landing(config, cursor, FileCatalog(config.landing_catalog_path))
         ordered = partitions_def.get_partition_keys()
         runs, after = plan_landing_runs(cursor, changes, ordered)
-        if not changes.changed and not changes.removed:
-            if changes.state == cursor.files:
-                return dg.SkipReason(f"no new or changed files in {config.landing_dir}")
-            return dg.SensorResult(skip_reason="only metadata changed", cursor=after.dump())
+        if not changes.partitions:
+            if after == cursor:
+                return dg.SkipReason(f"every file in {config.landing_dir} is ingested or "
+                                     "asked for")
+            return dg.SensorResult(skip_reason="nothing new to ingest", cursor=after.dump())
         outside = changes.partitions - set(ordered)
         if outside:
             context.log.warning(f"{len(outside)} landed partition(s) outside the partitions "
@@ -130,6 +143,7 @@ def _deployed_metadata(instance: dg.DagsterInstance) -> dict:
 ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                    dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 DETAIL_TAG = "ct/trigger_detail"
+DETAIL_LENGTH = 400  # a run tag, shown whole in the UI's run page
 
 
 def retrain_request(reason: str, run_key: str, detail: str, change_point: str | None = None
@@ -138,7 +152,7 @@ def retrain_request(reason: str, run_key: str, detail: str, change_point: str | 
 
     `change_point` is the first partition of the change it answers (drift, performance).
     """
-    tags = {REASON_TAG: reason, DETAIL_TAG: detail[:200]}
+    tags = {REASON_TAG: reason, DETAIL_TAG: detail[:DETAIL_LENGTH]}
     if change_point:
         tags[CHANGE_POINT_TAG] = change_point
     return dg.RunRequest(run_key=run_key, job_name="retrain_job", tags=tags)
@@ -342,7 +356,11 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
             skipped = f"{asset}.{check} failed for {partition}: {blocked}"
             log.record(name, "skipped", partition, skipped)
             return dg.SensorResult(skip_reason=skipped, cursor=str(record.id))
-        detail = f"{asset}.{check} failed for partition {partition}"
+        # The account of the flagged partition itself (per-partition checks: its own record).
+        described = next((r.evaluation.metadata for r in new if r.evaluation and str(
+            getattr(r.evaluation.metadata.get("partition"), "value", "")) == partition), metadata)
+        detail = describe_failure(check, partition, {key: entry.value for key, entry
+                                                     in described.items()})
         request = retrain_request(reason, f"{reason}:{partition}:{record.id}", detail,
                                   change_point=None if partition == "?" else partition)
         log.record(name, "launched", partition, detail)

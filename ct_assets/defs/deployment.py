@@ -7,8 +7,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ct_assets.defs.automation import follows_upstream
-from ct_assets.defs.metadata import REASON_TAG, frame_metadata
+from ct_assets.defs.automation import DETAIL_TAG, follows_upstream
+from ct_assets.defs.metadata import (
+    CHANGE_POINT_TAG,
+    REASON_TAG,
+    frame_metadata,
+    record_partition_metadata,
+)
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.defs.runs import check_in_runs, materialization_in_runs, run_lineage
 from ct_assets.lib.config import Config, parse_duration
@@ -16,9 +21,9 @@ from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import passthrough_columns
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.model_store import DECISION, ModelStore
+from ct_assets.lib.partition_figures import by_partition, score_summary, span
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.triggers import regime_partitions
-from ct_assets.lib.validation import PARTITION
 
 
 def _judged_candidate(context: dg.AssetExecutionContext, store: ModelStore
@@ -64,6 +69,37 @@ def _judged_candidate(context: dg.AssetExecutionContext, store: ModelStore
     return version, True, ""
 
 
+def trigger_of(run: dg.DagsterRun, reason: str) -> dict[str, str]:
+    """What launched a retrain run, from its tags: kind, partition, what tripped, run id."""
+    return {"kind": reason, "partition": run.tags.get(CHANGE_POINT_TAG, "none"),
+            "detail": run.tags.get(DETAIL_TAG, "none"), "run_id": run.run_id}
+
+
+def holdout_change(decision: dict | None) -> dict[str, object]:
+    """The gate metric of the champion before and of the promoted model, on the same holdout."""
+    decision = decision or {}
+    return {"metric": decision.get("metric"), "before": decision.get("champion_value"),
+            "after": decision.get("candidate_value"),
+            "champion_before": decision.get("champion_version")}
+
+
+def why_metadata(champion: dict | None) -> dict[str, object]:
+    """Why the deployed model is there, as `deployed_model` metadata (`ct status` says it too)."""
+    trigger = (champion or {}).get("trigger") or {}
+    holdout = (champion or {}).get("holdout") or {}
+    out: dict[str, object] = {
+        "trigger_kind": trigger.get("kind", (champion or {}).get("reason", "none")),
+        "trigger_partition": trigger.get("partition", "none"),
+        "trigger_detail": trigger.get("detail", "none"),
+        "trigger_run_id": trigger.get("run_id", "none")}
+    metric = holdout.get("metric")
+    for key in ("before", "after"):
+        value = holdout.get(key)
+        if metric and isinstance(value, float) and np.isfinite(value):
+            out[f"holdout_{metric}_{key}"] = round(value, 4)
+    return out
+
+
 def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinition
                             ) -> list[dg.AssetsDefinition]:
     """The `deployed_model` and `predictions` assets."""
@@ -100,7 +136,9 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             if champion is None:
                 reason = "initial"
             champion = store.promote(version, reason, run_id=context.run.run_id,
-                                     gate=config.gate.metric)
+                                     gate=config.gate.metric,
+                                     trigger=trigger_of(context.run, reason),
+                                     holdout=holdout_change(store.decision(version)))
             outcome = f"promoted {version} (reason: {reason})"
         decision = store.decision(version) if version else None
         context.log.info(outcome)
@@ -118,8 +156,9 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             "regime_start": learned.get("regime_start") or "none",
             "regime_kind": learned.get("regime_kind") or "none",
             "regime_partitions": regime_partitions(learned),
-            **{f"deployed_{k}": v for k, v in metrics.items()
+            **{f"deployed_{k}": round(v, 4) for k, v in metrics.items()
                if isinstance(v, float) and np.isfinite(v)},
+            **why_metadata(champion),
         }
         if approved:
             yield dg.MaterializeResult(metadata=metadata)
@@ -138,7 +177,9 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         """Each partition scored by the deployed model, with the model version on every row.
 
         The model's files are checked against their sha256 before loading; a mismatch fails
-        the run naming the file, and nothing is scored with it.
+        the run naming the file, and nothing is scored with it. Each partition's
+        materialization carries its own rows and score summary (mean, min, max; the positive
+        rate for a binary task).
         """
         store = model_store.get()
         champion = store.deployed()
@@ -169,15 +210,15 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         warehouse.get().replace_range("predictions", frame, dataset.timestamp, window.start,
                                       window.end)
         keys = partition_keys(config, window.start, window.end)
+        record_partition_metadata(context, by_partition(
+            frame, keys, lambda rows: {**frame_metadata(rows),
+                                       **score_summary(rows, dataset.task)}))
+        # Shared by every partition of the run: the model, and the run's scoring speed.
         return dg.MaterializeResult(metadata={
-            **frame_metadata(frame),
+            "run_partitions": span(keys),
             "model_version": champion["version"],
-            "partitions": len(keys),
-            "mean_score": float(frame["score"].mean()) if frame.height else None,
             "scoring_seconds": round(seconds, 4),
             "rows_per_second": round(frame.height / seconds) if seconds > 0 else None,
-            "by_partition": dg.MetadataValue.json(
-                dict(frame.group_by(PARTITION).len().sort(PARTITION).iter_rows())),
         })
 
     return [deployed_model, predictions]

@@ -5,11 +5,12 @@ import time
 import dagster as dg
 
 from ct_assets.defs.automation import follows_upstream
-from ct_assets.defs.metadata import column_schema, frame_metadata
+from ct_assets.defs.metadata import column_schema, frame_metadata, record_partition_metadata
 from ct_assets.defs.resources import WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.features import build_features, feature_schema, offset_partitions
 from ct_assets.lib.ingest import partition_keys
+from ct_assets.lib.partition_figures import span, split_by_partition
 
 
 def build_feature_assets(
@@ -39,7 +40,9 @@ def build_feature_assets(
         """Model inputs of each partition: typed columns, cyclical time, recent-mean ratios.
 
         Reads `raw_events` of the partition and of the `features.lookback` partitions before
-        it (never the whole history) and replaces the partition in one transaction.
+        it (never the whole history) and replaces the partition in one transaction. Each
+        partition's materialization carries its own rows and preview; `run_rows_read` counts
+        the run's read, look-back included.
         """
         window = context.partition_time_window
         began = time.perf_counter()
@@ -51,14 +54,17 @@ def build_feature_assets(
         built = time.perf_counter()
         store.replace_range("features", frame, timestamp, window.start, window.end)
         written = time.perf_counter()
-        metadata = frame_metadata(frame)
-        metadata["dagster/column_schema"] = column_schema(
-            frame, {name: f"feature ({kind})" for name, kind in schema.items()})
+        described = column_schema(frame, {name: f"feature ({kind})"
+                                          for name, kind in schema.items()})
+        record_partition_metadata(context, {
+            key: {**frame_metadata(rows), "dagster/column_schema": described}
+            for key, rows in split_by_partition(frame, keys).items()})
+        # Shared by every partition of the run.
         return dg.MaterializeResult(metadata={
-            **metadata,
+            "run_partitions": span(keys),
             "feature_count": len(schema),
             "feature_types": dg.MetadataValue.json(schema),
-            "lookback_rows_read": raw.height,
+            "run_rows_read": raw.height,
             "build_seconds": round(built - began, 3),
             "write_seconds": round(written - built, 3),
         })

@@ -5,15 +5,23 @@ import time
 import dagster as dg
 import polars as pl
 
-from ct_assets.defs.metadata import check_result, frame_metadata
+from ct_assets.defs.metadata import (
+    frame_metadata,
+    range_check_results,
+    record_partition_metadata,
+)
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, IngestResult, ingest_window, partition_keys
+from ct_assets.lib.partition_figures import (
+    counts_by_partition,
+    null_rates,
+    span,
+    split_by_partition,
+)
 from ct_assets.lib.quality import RAW_EVENTS_CHECKS, check_raw_events
 from ct_assets.lib.reports import markdown_table
 from ct_assets.lib.validation import PARTITION
-
-MAX_PARTITIONS_LISTED = 31
 
 
 def build_ingest_assets(
@@ -44,6 +52,10 @@ def build_ingest_assets(
         partition in DuckDB in one transaction. Rejected rows and files are recorded in the
         quarantine with their reason, source file and row number; good rows of the same file
         still land. A range of partitions is one scan.
+
+        Each partition's materialization carries its own rows, quarantined rows and null
+        rates; the `run_*` entries describe the run's scan as a whole, and the checks judge
+        all the run's partitions at once (named in their `judged_partitions`).
         """
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
@@ -63,34 +75,42 @@ def build_ingest_assets(
         unplaced_count = sum(frame.height for frame in result.unplaced_rows.values())
         outcomes = check_raw_events(store, config, window.start, window.end,
                                     result.rejected_rows.height + unplaced_count)
-        per_partition = _per_partition(keys, rows, result.rejected_rows)
+        record_partition_metadata(context, _partition_figures(config, keys, rows,
+                                                              result.rejected_rows))
+        # Shared by every partition of the run: what the scan read and rejected as a whole.
         return dg.MaterializeResult(
             metadata={
-                **frame_metadata(rows.drop(PARTITION)),
-                "partitions": len(keys),
-                "quarantined_rows": result.rejected_rows.height,
-                "unplaced_rows": unplaced_count,
-                "rejected_files": len(result.rejected_files),
-                "files_read": result.files_read,
-                "files_skipped": result.files_skipped,
-                # The same metadata is stored on every partition of a range run: keep the
-                # per-partition table for short ranges only, or storage grows quadratically.
-                **({"rows_by_partition": dg.MetadataValue.json(per_partition)}
-                   if len(keys) <= MAX_PARTITIONS_LISTED else {}),
-                "rejected": dg.MetadataValue.md(_rejections(result)),
+                "run_partitions": span(keys),
+                "run_unplaced_rows": unplaced_count,
+                "run_rejected_files": len(result.rejected_files),
+                "run_files_read": result.files_read,
+                "run_files_skipped": result.files_skipped,
+                "run_rejected": dg.MetadataValue.md(_rejections(result)),
                 "read_validate_seconds": round(result.timings["read_validate_s"], 3),
                 "write_seconds": round(written, 3),
             },
-            check_results=[check_result(outcome, "raw_events") for outcome in outcomes],
+            check_results=range_check_results(outcomes, "raw_events", keys),
         )
 
     return [raw_events]
 
 
-def _per_partition(keys: list[str], rows: pl.DataFrame, rejected: pl.DataFrame) -> dict:
-    landed = dict(rows.group_by(PARTITION).len().iter_rows()) if rows.height else {}
-    refused = dict(rejected.group_by(PARTITION).len().iter_rows()) if rejected.height else {}
-    return {key: {"rows": landed.get(key, 0), "quarantined": refused.get(key, 0)} for key in keys}
+def _partition_figures(config: Config, keys: list[str], rows: pl.DataFrame,
+                       rejected: pl.DataFrame) -> dict[str, dict[str, object]]:
+    """Each partition's own rows, quarantined rows and null rates (the target not counted)."""
+    columns = [name for name in config.dataset.column_types() if name != config.dataset.target]
+    quarantined = counts_by_partition(rejected, keys)
+
+    def figures(key: str, landed: pl.DataFrame) -> dict[str, object]:
+        rates = null_rates(landed, columns)
+        refused = quarantined[key]
+        return {**frame_metadata(landed.drop(PARTITION)),
+                "quarantined_rows": refused,
+                "quarantine_share": refused / (landed.height + refused) if refused else 0.0,
+                "max_null_rate": max(rates.values(), default=0.0),
+                "null_rates": rates}
+
+    return {key: figures(key, landed) for key, landed in split_by_partition(rows, keys).items()}
 
 
 def _rejections(result: IngestResult) -> str:

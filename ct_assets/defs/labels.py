@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ct_assets.defs.metadata import check_result
+from ct_assets.defs.metadata import range_check_results, record_partition_metadata
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, partition_keys
@@ -17,9 +17,10 @@ from ct_assets.lib.labels import (
     match_labels,
     read_labels,
 )
+from ct_assets.lib.partition_figures import span, split_by_partition
 from ct_assets.lib.quality import CheckOutcome
 from ct_assets.lib.quarantine import Quarantine
-from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.validation import CHECK, PARTITION
 from ct_assets.lib.warehouse import quote_identifier
 
 LABELS_FOLDER = "labels"  # label rejections live in `<quarantine>/labels/`
@@ -55,7 +56,9 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
         row's partition is kept as `labelled_partition`. Bad labels are quarantined with a
         reason (null, wrong type, unknown id, known before its row, duplicate, conflicting);
         the good labels of the same file still land. Performance monitoring and training use
-        the labels known by then.
+        the labels known by then. Each partition's materialization carries its own labels,
+        the partitions of their rows and its rejections; the checks judge all the run's
+        partitions at once (named in their `judged_partitions`).
         """
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
@@ -85,23 +88,35 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
             context.log.warning(f"quarantined label file {file.relpath}: {reason}")
         catalog.save()
         counts = count_by_check(rejected)
-        by_partition = dict(accepted.group_by(LABELLED_PARTITION).len().sort(LABELLED_PARTITION)
-                            .iter_rows())
         outcomes = [CheckOutcome(name, counts[name] == 0, counts[name], 0, warn_only=True)
                     for name in LABEL_CHECKS]
+        record_partition_metadata(context, _partition_figures(keys, accepted, rejected))
+        # Shared by every partition of the run: what it read and could not place.
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": accepted.height,
-                "labels": accepted.height,
-                "quarantined_labels": rejected.height,
-                "rejected_files": len(batch.rejected_files),
-                "files_read": batch.files_read,
-                "labelled_partitions": dg.MetadataValue.json(by_partition),
-                "rejected_by_check": dg.MetadataValue.json(
-                    dict(rejected.group_by("check").len().iter_rows())),
+                "run_partitions": span(keys),
+                "run_unplaced_labels": rejected.filter(pl.col(PARTITION).is_null()).height,
+                "run_rejected_files": len(batch.rejected_files),
+                "run_files_read": batch.files_read,
             },
-            check_results=[check_result(outcome, "labels") for outcome in outcomes],
+            check_results=range_check_results(outcomes, "labels", keys),
         )
 
     return [labels]
 
+
+def _partition_figures(keys: list[str], accepted: pl.DataFrame, rejected: pl.DataFrame
+                       ) -> dict[str, dict[str, object]]:
+    """Each arrival partition's labels, the partitions of their rows, and its rejections."""
+    refused = split_by_partition(rejected, keys)
+
+    def figures(key: str, labels: pl.DataFrame) -> dict[str, object]:
+        return {"dagster/row_count": labels.height, "labels": labels.height,
+                "quarantined_labels": refused[key].height,
+                "labelled_partitions": dict(labels.group_by(LABELLED_PARTITION).len()
+                                            .sort(LABELLED_PARTITION).iter_rows()),
+                "rejected_by_check": dict(refused[key].group_by(CHECK).len().sort(CHECK)
+                                          .iter_rows())}
+
+    return {key: figures(key, labels)
+            for key, labels in split_by_partition(accepted, keys).items()}

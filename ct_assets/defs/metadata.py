@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+
 import dagster as dg
 import polars as pl
 
+from ct_assets.lib.partition_figures import rounded, span
 from ct_assets.lib.quality import CheckOutcome
 from ct_assets.lib.reports import markdown_table
 
@@ -41,6 +45,33 @@ def check_result(outcome: CheckOutcome, asset: str) -> dg.AssetCheckResult:
         asset_key=asset, check_name=outcome.name, passed=outcome.passed,
         severity=severity, metadata=metadata,
     )
+
+
+def range_check_results(outcomes: list[CheckOutcome], asset: str, keys: list[str]
+                        ) -> list[dg.AssetCheckResult]:
+    """Check results of checks judged once over the run's partitions, which they name.
+
+    A range run evaluates each check once over all its partitions: `judged_partitions` says
+    which, so a verdict is not read as one partition's. Floats keep four significant digits.
+    """
+    judged = span(keys)
+    return [check_result(replace(outcome, observed=rounded(outcome.observed),
+                                 details={**rounded(outcome.details),
+                                          "judged_partitions": judged}), asset)
+            for outcome in outcomes]
+
+
+def record_partition_metadata(context: dg.AssetExecutionContext,
+                              figures: Mapping[str, Mapping[str, object]]) -> None:
+    """Put each partition's own figures on that partition's materialization of this run.
+
+    A run over a range materializes every partition of it from one `MaterializeResult`, whose
+    metadata every partition shares; the figures given here (partition key → metadata) are
+    added to one partition's event alone and take precedence over the shared entries of the
+    same name. Floats keep four significant digits.
+    """
+    for key, values in figures.items():
+        context.add_asset_metadata(rounded(dict(values)), partition_key=key)
 
 
 REASON_TAG = "ct/reason"  # why a retrain run was launched: drift, performance, freshness, …

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from ct_assets.defs.automation import follows_upstream
+from ct_assets.defs.metadata import record_partition_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.defs.training import labelled_features
 from ct_assets.lib.config import Config
@@ -15,6 +16,7 @@ from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.monitoring import REFERENCE_FILE
 from ct_assets.lib.online import continue_model, judge_update
+from ct_assets.lib.partition_figures import span
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import quote_identifier
@@ -61,18 +63,17 @@ def build_online_assets(config: Config, partitions_def: dg.PartitionsDefinition,
         this partition (`training.online_rounds` more trees for LightGBM, a `partial_fit` pass
         for sklearn_sgd) into a new version (parent = the version it continued), judged on the
         next labelled partition. Partitions the champion already learned are skipped. Each
-        version is in the model store like any other, and can be rolled back.
+        version is in the model store like any other, and can be rolled back. Each partition's
+        materialization says what happened to it and the deployed and pending versions after.
         """
         store = model_store.get()
         window = context.partition_time_window
-        done = [_update(context, store, warehouse, key)
-                for key in partition_keys(config, window.start, window.end)]
-        return dg.MaterializeResult(metadata={
-            "partitions": dg.MetadataValue.json({row["partition"]: row["outcome"]
-                                                 for row in done}),
-            "deployed_version": done[-1]["deployed"] if done else "none",
-            "pending_version": done[-1]["pending"] if done else "none",
-        })
+        keys = partition_keys(config, window.start, window.end)
+        done = [_update(context, store, warehouse, key) for key in keys]
+        record_partition_metadata(context, {row["partition"]: {
+            "outcome": row["outcome"], "deployed_version": row["deployed"],
+            "pending_version": row["pending"]} for row in done})
+        return dg.MaterializeResult(metadata={"run_partitions": span(keys)})
 
     def _update(context: dg.AssetExecutionContext, store: ModelStore,
                 warehouse: WarehouseResource, key: str) -> dict:

@@ -12,6 +12,9 @@ from ct_assets.lib.config import Config
 def build_partitions(config: Config) -> dg.TimeWindowPartitionsDefinition:
     """UTC time partitions starting at `partitions.start`, including the current period.
 
+    An unset `partitions.start` was resolved when the config was loaded: for the simulator,
+    the first simulated day (`PartitionsConfig`), so the UI shows no empty years before the
+    data; reading that small record is all this costs, never the landed files.
     `end_offset=1` makes the period in progress a partition too: data for today lands today.
     Weekly partitions start on Monday, as polars' `truncate("1w")` does. A `partitions.start`
     inside a week or month starts the partitions at that week's Monday or month's 1st, so every

@@ -3,6 +3,7 @@
 import datetime as dt
 import platform
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -28,8 +29,11 @@ from ct_assets.lib.training_set import (
     summarize,
     training_cutoff,
 )
+from ct_assets.lib.triggers import TriggerLog, unchanged_training_reason
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse, quote_identifier
+
+SKIPPED_KEY = "skipped"  # an observation of `training_set` under this key: why nothing trained
 
 
 def _library_versions() -> dict[str, str]:
@@ -78,6 +82,20 @@ def champion_regime(store: ModelStore) -> tuple[str | None, str | None]:
     return manifest.get("regime_start"), manifest.get("regime_kind")
 
 
+def champion_manifest(store: ModelStore) -> tuple[str | None, dict | None]:
+    """The deployed version and its manifest; `(None, None)` when none is deployed.
+
+    A manifest that cannot be read is None: the retrain then trains.
+    """
+    champion = store.deployed()
+    if champion is None:
+        return None, None
+    try:
+        return champion["version"], store.manifest(champion["version"])
+    except ModelStoreError:
+        return champion["version"], None
+
+
 def _training_set_version(context: dg.AssetExecutionContext) -> str | None:
     """The data version `training_set` reported in this run (else its latest materialization)."""
     found = materialization_in_runs(context.instance, "training_set", run_lineage(context))
@@ -94,11 +112,14 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
     assert target is not None
     label_deps = ["labels"] if dataset.labels is not None else []
 
+    # Not materialized when a triggered retrain would learn what the champion learned: the
+    # steps after it are skipped, so the run succeeds without training or promoting.
     @dg.asset(deps=["features", *label_deps], group_name="training",
-              kinds={"duckdb", "polars"}, pool="duckdb",
+              kinds={"duckdb", "polars"}, pool="duckdb", output_required=False,
               metadata={"dagster/table_name": "warehouse.main.training_set"})
     def training_set(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                     model_store: ModelStoreResource) -> dg.MaterializeResult:
+                     model_store: ModelStoreResource
+                     ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
         """The last `training.window` labelled, mature partitions of features, split by time.
 
         Never the partition still open nor the `triggers.label_delay` partitions before it
@@ -107,7 +128,10 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         change (the partition a drift or performance retrain answers, or the one the champion
         was trained from), rows of the new regime are marked `in_regime`: training weights
         them up (strongly after a performance failure, a change of concept), and the drift
-        reference is fitted on the partitions since the change, labelled or not.
+        reference is fitted on the partitions since the change, labelled or not. A triggered
+        retrain whose data version (and model settings) equal the deployed model's stops
+        here with an observation saying so (`unchanged_training_reason`): it would train the
+        same model again.
         """
         store = warehouse.get()
         cutoff = training_cutoff(config, dt.datetime.now(dt.UTC))
@@ -120,18 +144,27 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
             labelled_features(store, config, f"{quote_identifier(PARTITION)} IN ({placeholders})",
                               plan.keys),
             plan, PARTITION, target)
-        with store.connect() as connection:
-            connection.register("incoming", frame.to_arrow())
-            connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
         recent = (labelled_features(store, config, f"{quote_identifier(PARTITION)} >= ?",
                                     [plan.reference_start]) if plan.reference_start else None)
         reference, labelled, described = choose_reference(recent, frame, target)
         version = fingerprint(frame)[:8] + fingerprint(reference)[:8]
+        unchanged = unchanged_training_reason(config, context.run.tags.get(REASON_TAG), version,
+                                              *champion_manifest(model_store.get()))
+        if unchanged:
+            context.log.info(unchanged)
+            TriggerLog(config.storage_dir).record(
+                "retrain_job", "skipped", context.run.tags.get(CHANGE_POINT_TAG), unchanged)
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={
+                SKIPPED_KEY: unchanged, "data_version": version})
+            return
+        with store.connect() as connection:
+            connection.register("incoming", frame.to_arrow())
+            connection.execute("CREATE OR REPLACE TABLE training_set AS SELECT * FROM incoming")
         # The drift reference of what the model will be judged against next, fitted once and
         # reused for every partition the resulting model scores (it travels with the model).
         save_profiles(fit_profiles(reference, config, labelled), config.reference_dir / version)
         summary = summarize(frame, target, dataset.task, dataset.timestamp)
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             data_version=dg.DataVersion(version),
             metadata={
                 **frame_metadata(frame),

@@ -7,13 +7,22 @@ relative to the config file. Errors are one line naming the file, the key and th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ct_assets.lib import simulator
 from ct_assets.lib.evaluation import METRICS
@@ -181,11 +190,29 @@ def simulator_columns() -> dict[str, ColumnSpec]:
     return specs
 
 
-class PartitionsConfig(_Section):
-    """How time is cut into partitions (UTC)."""
+# Where time starts when neither `partitions.start` nor a simulation says so.
+DEFAULT_START = dt.date(2025, 1, 1)
+# What `ct simulate` and `ct demo` wrote, under `storage.dir`: `{"first": day, "last": day}`.
+SIMULATED_DAYS_FILE = "simulated_days.json"
 
-    start: dt.date = dt.date(2025, 1, 1)
+
+class PartitionsConfig(_Section):
+    """How time is cut into partitions (UTC).
+
+    `start` left out of `ct.yaml` is resolved when the file is loaded: for the simulator, the
+    first day `ct simulate` or `ct demo` wrote (`simulated_days.json` under `storage.dir`, a
+    record those commands keep; never the landed data), so there are no empty partitions
+    before the history; otherwise, and before anything was simulated, `DEFAULT_START`.
+    """
+
+    start: dt.date = DEFAULT_START
     granularity: Granularity = "daily"
+    _start_from_file: bool = PrivateAttr(default=True)
+
+    @property
+    def start_from_file(self) -> bool:
+        """Whether `start` was written in `ct.yaml` (else it was resolved at load)."""
+        return self._start_from_file
 
     @property
     def truncate_every(self) -> str:
@@ -494,12 +521,72 @@ def config_from_dict(raw: Any, *, base_dir: Path, source: str = "config") -> Con
                 or data_dir.is_relative_to(labels.landing_dir):
             raise ConfigError(f"{source}: dataset.labels.landing_dir ({labels.landing_dir}) must "
                               f"be apart from the data landing dir ({data_dir})")
+    partitions = config.partitions
+    if "start" not in partitions.model_fields_set:
+        partitions = resolve_start(partitions, dataset.source, storage_dir)
     return config.model_copy(
         update={
             "storage": StorageConfig(dir=storage_dir),
             "dataset": dataset.model_copy(update={"landing_dir": landing, "labels": labels}),
+            "partitions": partitions,
         }
     )
+
+
+def resolve_start(partitions: PartitionsConfig, source: str, storage_dir: Path
+                  ) -> PartitionsConfig:
+    """`partitions` starting where an unset `partitions.start` starts (see `PartitionsConfig`).
+
+    Raises:
+        ConfigError: the record of simulated days is unreadable.
+    """
+    first = simulated_days(storage_dir)[0] if source == "simulator" else None
+    resolved = partitions.model_copy(update={"start": first or DEFAULT_START})
+    resolved._start_from_file = False
+    return resolved
+
+
+def with_simulated_start(config: Config) -> Config:
+    """`config` with an unset `partitions.start` resolved again (after `ct simulate` wrote)."""
+    if config.partitions.start_from_file:
+        return config
+    partitions = resolve_start(config.partitions, config.dataset.source, config.storage_dir)
+    return config.model_copy(update={"partitions": partitions})
+
+
+def simulated_days(storage_dir: Path) -> tuple[dt.date, dt.date] | tuple[None, None]:
+    """The first and last day the simulator wrote for this project, or `(None, None)`.
+
+    Raises:
+        ConfigError: the record exists but is not one (naming the file).
+    """
+    path = storage_dir / SIMULATED_DAYS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return dt.date.fromisoformat(record["first"]), dt.date.fromisoformat(record["last"])
+    except FileNotFoundError:
+        return None, None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not a record of simulated days (first and last, "
+                          "YYYY-MM-DD); delete it or set partitions.start") from None
+
+
+def record_simulated_days(storage_dir: Path, first: dt.date, last: dt.date, *,
+                          fresh: bool = False) -> None:
+    """Widen the record of simulated days to `first … last` (replace it when `fresh`).
+
+    `fresh` is for a landing dir that held nothing before: older days recorded are gone.
+    """
+    if not fresh:
+        known_first, known_last = simulated_days(storage_dir)
+        first = min(first, known_first or first)
+        last = max(last, known_last or last)
+    path = storage_dir / SIMULATED_DAYS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"first": first.isoformat(), "last": last.isoformat()}),
+                         encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:

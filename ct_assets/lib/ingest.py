@@ -7,10 +7,11 @@ rows to DuckDB and the rejections to the quarantine.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from ct_assets.lib.validation import (
     validate_timestamps,
 )
 
+# Reads the first and last partition key of a landed file (data or label file), or None.
+RangeReader = Callable[[LandedFile, Config], "tuple[str, str] | None"]
+
 
 @dataclass
 class IngestResult:
@@ -39,24 +43,43 @@ class IngestResult:
     rejected_files: list[tuple[LandedFile, str]]
     good_files: list[str]
     present_files: list[str] = field(default_factory=list)
+    listed: list[LandedFile] = field(default_factory=list)
     files_read: int = 0
     files_skipped: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
 class FileCatalog:
-    """Remembers the time range of each landed file version, so a window reads only its files.
+    """What ingestion knows of landed files, and the one record of what each partition holds.
 
-    Keyed by path, size and modification time; a file whose entry is missing or stale is read.
+    - `entries`: the time range of each landed file version (fingerprint: path, size, mtime →
+      `[first, last]` partition key, `[]` when it has no placeable rows), so a window reads
+      only its files; a file whose entry is missing or stale is read.
+    - `contents`: the sha256 of each file version ingestion has looked at.
+    - `ingested`: partition key → {relpath: sha256} of the files whose rows the last ingestion
+      of that partition took in (files rejected whole included). `ct run`, `ct demo` and the
+      landing and label sensors compare the landing dir against this record
+      (`landed_contents`, `pending_partitions`), so whichever ingested a file, none of them
+      ingests it again.
+
     Partition keys of one granularity sort in time order, so ranges compare as text.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.entries: dict[str, list[str]] = {}
+        self.contents: dict[str, str] = {}
+        self.ingested: dict[str, dict[str, str]] = {}
         try:
-            self.entries: dict[str, list[str]] = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
-            self.entries = {}
+            return
+        if isinstance(data, dict) and isinstance(data.get("files"), dict):
+            self.entries = data["files"]
+            self.contents = data.get("sha256") or {}
+            self.ingested = data.get("ingested") or {}
+        elif isinstance(data, dict):  # written before the record: file ranges only
+            self.entries = data
 
     def may_overlap(self, file: LandedFile, first_key: str, last_key: str) -> bool:
         """False only when the file is known to hold no rows in partitions first..last."""
@@ -75,12 +98,71 @@ class FileCatalog:
         valid = keys.drop_nulls()
         self.entries[file.fingerprint] = [valid.min(), valid.max()] if len(valid) else []
 
+    def content_id(self, file: LandedFile) -> str | None:
+        """The sha256 of a file version, hashed once; None when it changed since it was listed."""
+        known = self.contents.get(file.fingerprint)
+        if known is not None:
+            return known
+        try:
+            digest = sha256_of(file.path)
+            stat = file.path.stat()
+        except OSError:  # removed meanwhile
+            return None
+        if (stat.st_size, stat.st_mtime_ns) != (file.size, file.mtime_ns):
+            return None  # rewritten while hashed: its content is not the one listed
+        for key in [key for key in self.contents if key.rsplit(":", 2)[0] == file.relpath]:
+            del self.contents[key]
+        self.contents[file.fingerprint] = digest
+        return digest
+
+    def range_of(self, file: LandedFile, config: Config, partition_range: RangeReader
+                 ) -> tuple[str, str] | None:
+        """The partitions a file covers: from its entry when it was read, else read now."""
+        entry = self.entries.get(file.fingerprint)
+        if entry is not None:
+            return (entry[0], entry[1]) if entry else None
+        return partition_range(file, config)
+
+    def record_ingested(self, config: Config, window_keys: list[str], files: list[LandedFile],
+                        partition_range: RangeReader) -> None:
+        """Record the files (by content) that an ingestion of `window_keys` took in.
+
+        `files` are every file the ingestion listed; each partition of the window is recorded
+        with those covering it (`range_of`). A file rewritten since it was listed is left out,
+        so its partitions stay pending and are ingested again.
+        """
+        window = set(window_keys)
+        covering: dict[str, dict[str, str]] = {key: {} for key in window_keys}
+        for file in files:
+            if file.problem:
+                continue
+            found = self.range_of(file, config, partition_range)
+            keys = window.intersection(keys_between(config, *found)) if found else set()
+            digest = self.content_id(file) if keys else None
+            for key in keys if digest else ():
+                covering[key][file.relpath] = digest
+        for key, contents in covering.items():
+            if contents:
+                self.ingested[key] = contents
+            else:
+                self.ingested.pop(key, None)
+
     def save(self) -> None:
         """Write the catalog atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.entries, indent=0), encoding="utf-8")
+        data = {"files": self.entries, "sha256": self.contents, "ingested": self.ingested}
+        temporary.write_text(json.dumps(data, indent=0), encoding="utf-8")
         os.replace(temporary, self.path)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def ingest_window(
@@ -117,6 +199,7 @@ def ingest_window(
         placed = bad.filter(pl.col(PARTITION).is_not_null())
         result.unplaced_rows[file.relpath] = bad.filter(pl.col(PARTITION).is_null())
         rejected.append(placed)
+    catalog.record_ingested(config, window_keys, result.listed, file_partition_range)
     read_done = time.perf_counter()
     rows = pl.concat(goods) if goods else pl.DataFrame(schema=raw_schema(dataset))
     if not rows.is_empty():
@@ -136,13 +219,15 @@ def read_window_files(directory: Path, catalog: FileCatalog, window_keys: list[s
                       ) -> Iterator[tuple[LandedFile, pl.DataFrame]]:
     """Each readable landed file that may hold rows of `window_keys`, read, with its frame.
 
-    Records on `seen` (an `IngestResult` or a label batch) every file present, those the
+    Records on `seen` (an `IngestResult` or a label batch) every file present (`listed`: as
+    listed, for `FileCatalog.record_ingested`), those the
     catalog knows hold nothing in the window (skipped) and those rejected whole with their
     reason (in-flight, unsupported, unreadable, a required column missing). The caller counts
     the files it validates as read.
     """
     for file in discover(directory):
         seen.present_files.append(file.relpath)
+        seen.listed.append(file)
         if file.problem:
             seen.rejected_files.append((file, file.problem))
             continue
@@ -240,41 +325,18 @@ def landed_partitions(config: Config, catalog: FileCatalog, *, labels: bool = Fa
                       ) -> tuple[set[str], set[str]]:
     """Partitions holding landed data, and those whose files changed since they were ingested.
 
-    A file the catalog does not know (new or changed since `raw_events` last read it) makes its
-    partitions pending, as do the old partitions of a changed or deleted file. With `labels`,
-    the label files (`dataset.labels`) and their arrival partitions.
+    Compares the landing dir with the catalog's record of what each partition's last
+    ingestion took in (`FileCatalog.ingested`): new and changed files make their partitions
+    pending, as do the old partitions of a changed or deleted file. With `labels`, the label
+    files (`dataset.labels`) and their arrival partitions.
 
     Returns:
         `(landed, pending)` sets of partition keys.
     """
-    landed: set[str] = set()
-    pending: set[str] = set()
-    ranges: list[tuple[str, str]] = []
-    present: set[str] = set()
-    if labels:
-        from ct_assets.lib.labels import label_range as partition_range
-    else:
-        partition_range = file_partition_range
-    directory = config.labels_dir if labels else config.landing_dir
-    for file in discover(directory) if directory else []:
-        if file.problem:
-            continue
-        present.add(file.fingerprint)
-        entry = catalog.entries.get(file.fingerprint)
-        if entry is not None:
-            if entry:
-                ranges.append((entry[0], entry[1]))
-            continue
-        found = partition_range(file, config)
-        if found:
-            ranges.append(found)
-            pending.update(keys_between(config, *found))
-    for fingerprint, entry in catalog.entries.items():
-        if fingerprint not in present and entry:
-            pending.update(keys_between(config, entry[0], entry[1]))
-    for first, last in ranges:
-        landed.update(keys_between(config, first, last))
-    return landed, pending
+    from ct_assets.lib.landing import landed_contents, pending_partitions  # built on this module
+
+    landed = landed_contents(config, catalog, labels=labels)
+    return set(landed.partitions), pending_partitions(landed, catalog.ingested)
 
 
 def keys_between(config: Config, first: str, last: str) -> list[str]:

@@ -64,6 +64,7 @@ class LabelBatch:
     rejected_files: list[tuple[LandedFile, str]] = field(default_factory=list)
     good_files: list[str] = field(default_factory=list)
     present_files: list[str] = field(default_factory=list)
+    listed: list[LandedFile] = field(default_factory=list)
     files_read: int = 0
     files_skipped: int = 0
 
@@ -98,6 +99,7 @@ def read_labels(config: Config, start: dt.datetime, end: dt.datetime, catalog: F
         catalog.record(file, pl.concat([good[PARTITION], bad[PARTITION]]))
         goods.append(good.filter(pl.col(KNOWN_AT).is_between(start, end, closed="left")))
         rejected.append(bad.filter(pl.col(PARTITION).is_in(keys) | pl.col(PARTITION).is_null()))
+    catalog.record_ingested(config, keys, batch.listed, label_range)
     schema = {name: kind for name, kind in label_schema(config).items()
               if name not in (LABELLED_PARTITION, EVENT_TIME)}
     batch.labels = pl.concat(goods) if goods else pl.DataFrame(schema=schema)

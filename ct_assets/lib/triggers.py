@@ -106,3 +106,66 @@ def regime_partitions(manifest: dict) -> int:
     start = manifest.get("regime_start")
     fitted = ((manifest.get("training_info") or {}).get("refit") or {}).get("partitions") or []
     return sum(key >= start for key in fitted) if start else 0
+
+
+def describe_failure(check: str, partition: str, values: dict[str, Any]) -> str:
+    """One line saying why a monitoring check failed, from its metadata (plain values).
+
+    Names the partition, the rule (`rule` when the check records one) and what tripped it:
+    the drifted features, share and target for `feature_drift`; the metric, its value and
+    bound, a Page-Hinkley alarm or a degradation for `performance`.
+    """
+    if values.get("rule") not in (None, "", "none"):  # the check's own account says it all
+        return f"{check} failed for {partition}: {str(values['rule']).strip().rstrip(';')}"
+    parts = [f"{check} failed for {partition}"]
+    features = values.get("drifted_features")
+    if features not in (None, "", "none"):
+        parts.append(f"drifted features: {features}")
+    if check == "feature_drift":
+        if values.get("observed") is not None and values.get("threshold") is not None:
+            parts.append(f"drifted share {float(values['observed']):.2f} "
+                         f"(threshold {float(values['threshold']):.2f})")
+        if values.get("target_drifted") is True:
+            parts.append("target drifted")
+        if values.get("segments_drifted") not in (None, "", "none"):
+            parts.append(f"segments: {values['segments_drifted']}")
+    else:
+        metric = values.get("metric") or "metric"
+        if isinstance(values.get("observed"), int | float):
+            bound = values.get("threshold")
+            parts.append(f"{metric} {float(values['observed']):.4f}"
+                         + (f" (floor {float(bound):.4f})" if isinstance(bound, int | float)
+                            else ""))
+        if values.get("page_hinkley_alarm") is True:
+            parts.append("Page-Hinkley alarm on the error series")
+        if values.get("degradation") not in (None, "", "none"):
+            parts.append(str(values["degradation"]))
+    return "; ".join(parts)
+
+
+# Retrains launched by a trigger; one launched by hand (no reason) always trains.
+TRIGGERED_REASONS = frozenset({"drift", "performance", "freshness", "schedule"})
+
+
+def unchanged_training_reason(config: Config, reason: str | None, data_version: str,
+                              champion: str | None, manifest: dict[str, Any] | None
+                              ) -> str | None:
+    """Why a triggered retrain need not train (the champion learned the same), or None.
+
+    The same training data (`training_set`'s data version: rows, values, split and regime
+    marks, drift reference) with the same model kind, parameters and seed gives the same
+    model again: a retrain would only promote a copy of the champion. A retrain launched by
+    hand, a champion without a data version (an online update) or other settings train.
+    """
+    if reason not in TRIGGERED_REASONS or champion is None or not manifest:
+        return None
+    training = config.training
+    same = (manifest.get("training_set_version") == data_version
+            and manifest.get("model") == training.model
+            and manifest.get("params") == training.params
+            and manifest.get("seed") == training.seed)
+    if not same:
+        return None
+    return (f"training data unchanged: data version {data_version} is what the deployed model "
+            f"{champion} was trained on, with the same {training.model} settings; a {reason} "
+            "retrain would train the same model again, so none was trained")

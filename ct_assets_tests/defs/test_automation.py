@@ -12,6 +12,8 @@ import dagster as dg
 from ct_assets.definitions import build_definitions
 from ct_assets.defs.automation import retrain_request
 from ct_assets.lib.config import config_from_dict
+from ct_assets.lib.ingest import FileCatalog
+from ct_assets.lib.labels import read_labels
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.triggers import TriggerLog
 
@@ -28,6 +30,14 @@ def settle(directory):
     past = time.time() - 60
     for path in directory.rglob("*"):
         os.utime(path, (past, past))
+
+
+def ingest_labels(config):
+    """What a `labels` run over January records in the label catalog (`read_labels`)."""
+    catalog = FileCatalog(config.labels_catalog_path)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    read_labels(config, start, start + dt.timedelta(days=31), catalog)
+    catalog.save()
 
 
 def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp_path):
@@ -51,11 +61,15 @@ def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp
         assert not again.run_requests  # a file is taken once per content
         assert set(json.loads(result.cursor)["files"]) == {"labels_2026-01-02.parquet",
                                                            "labels_2026-01-03.parquet"}
+        ingest_labels(config)  # the run `labels` ingested them (what it records of them)
+        assert not sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, definitions=defs)).run_requests  # nor does a new daemon
         # The same bytes landed again after a removal are ingested again, under a new key.
         saved = (config.labels_dir / "labels_2026-01-03.parquet").read_bytes()
         (config.labels_dir / "labels_2026-01-03.parquet").unlink()
         removed = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=result.cursor, definitions=defs))
+        ingest_labels(config)
         (config.labels_dir / "labels_2026-01-03.parquet").write_bytes(saved)
         settle(config.labels_dir)
         back = sensor.evaluate_tick(dg.build_sensor_context(

@@ -42,6 +42,11 @@ from ct_assets_tests.defs.test_lifecycle import (
 TEMPLATE = Path(ct_assets.__file__).parent / "templates" / "dagster.yaml"
 
 
+# Tagged as drift_sensor tags it (a change point): a drift retrain on exactly the champion's
+# data would train nothing (`unchanged_training_reason`).
+DRIFT_RETRAIN = {"ct/reason": "drift", "ct/change_point": "2026-01-06"}
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A lightgbm project with one deployed model (reason `initial`)."""
@@ -90,7 +95,7 @@ def test_a_forged_verdict_is_not_deployed_by_materializing_deployed_model(base, 
 def test_deployed_model_alone_never_reverts_a_rollback(base, tmp_path, capsys):
     path, config = clone(base["root"], tmp_path / "project")
     with project_instance(config) as instance:
-        retrain = run_job(config, instance, "retrain_job", tags={"ct/reason": "drift"})
+        retrain = run_job(config, instance, "retrain_job", tags=DRIFT_RETRAIN)
         newer = materialized(retrain)["deployed_model"]["deployed_version"]
         assert newer != base["version"]
         assert cli.main(["--config", str(path), "rollback"]) == 0
@@ -170,7 +175,7 @@ def test_rollback_refuses_a_version_whose_schema_differs_from_the_config(base, t
                                                                          capsys):
     path, config = clone(base["root"], tmp_path / "project")
     with project_instance(config) as instance:
-        assert run_job(config, instance, "retrain_job", tags={"ct/reason": "drift"}).success
+        assert run_job(config, instance, "retrain_job", tags=DRIFT_RETRAIN).success
     changed = write_config(path.parent, features={"relative_to_recent": []})
     capsys.readouterr()
     assert cli.main(["--config", str(changed), "rollback"]) == 2
@@ -202,8 +207,8 @@ def test_interleaved_retrains_each_promote_their_own_candidate(base, tmp_path):
         plan = create_execution_plan(job, run_config=QUIET)
         runs = {name: instance.create_run_for_job(
             job, execution_plan=plan, run_config=QUIET,
-            tags={**job.tags, "ct/reason": reason}) for name, reason in
-            (("manual", "manual"), ("sensor", "drift"))}
+            tags={**job.tags, **tags}) for name, tags in
+            (("manual", {"ct/reason": "manual"}), ("sensor", DRIFT_RETRAIN))}
         events = {name: execute_run_iterator(InMemoryJob(job), run, instance)
                   for name, run in runs.items()}
         _advance_until(events["manual"], "candidate_model")

@@ -197,10 +197,12 @@ def test_messy_landing_dir_ingests_exactly_the_good_rows_and_quarantines_the_res
 
     metadata = materialization_metadata(result)
     assert metadata["dagster/row_count"] == 6
-    assert metadata["rejected_files"] == len(EXPECTED_BAD_FILES)
-    assert metadata["quarantined_rows"] == 2 and metadata["unplaced_rows"] == 1
-    assert metadata["files_read"] == 2
-    assert "semi.csv" in metadata["rejected"]
+    assert metadata["run_rejected_files"] == len(EXPECTED_BAD_FILES)
+    # the partition's own quarantined rows; the unplaced one belongs to no partition
+    assert metadata["quarantined_rows"] == 2 and metadata["run_unplaced_rows"] == 1
+    assert metadata["quarantine_share"] == round(2 / 8, 4)
+    assert metadata["run_files_read"] == 2
+    assert "semi.csv" in metadata["run_rejected"]
 
     # `ct quarantine --json`, the real console script, reports the same entries
     done = subprocess.run([str(CT), "--config", str(tmp_path / "ct.yaml"), "quarantine",
@@ -370,5 +372,8 @@ def test_a_partition_range_is_materialized_in_one_run(config, instance):
     raw_step = [event for event in result.get_asset_materialization_events()
                 if event.asset_key == dg.AssetKey("raw_events")]
     assert {event.step_key for event in raw_step} == {"raw_events"}  # one step, one scan
-    metadata = raw_step[0].step_materialization_data.materialization.metadata
-    assert metadata["partitions"].value == 3
+    by_day = {event.partition: event.step_materialization_data.materialization.metadata
+              for event in raw_step}
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        assert by_day[day]["run_partitions"].value == "2026-01-01 … 2026-01-03 (3)"
+        assert by_day[day]["dagster/row_count"].value == 5

@@ -2,6 +2,8 @@
 
 Dagster launches a run key once per sensor; a key that repeats is skipped, so a content that
 comes back (X → Y → X) or a file landed again after its removal would leave stale rows behind.
+The sensor compares the landing dir with the record `raw_events` keeps of what it ingested, so
+what another process ingested (`ct run`, `ct demo`) is not ingested again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import Config, config_from_dict
-from ct_assets.lib.landing import scan_landing
+from ct_assets.lib.ingest import sha256_of
 
 HEADER = "id,ts,amount,kind,label"
 CONFIG = {
@@ -91,13 +93,23 @@ def test_a_retried_tick_gives_the_same_run_key(config, instance):
     assert [r.run_key for r in retried.run_requests] == [r.run_key for r in changed.run_requests]
 
 
+def run(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
+    """Launch a requested landing run in-process, as the daemon would."""
+    result = defs.resolve_job_def("landing_job").execute_in_process(
+        instance=instance, resources=defs.resources, tags=request.tags,
+        asset_selection=request.asset_selection)
+    assert result.success
+
+
 def test_a_file_removed_and_landed_again_gives_a_new_run(config, instance):
     defs = build_definitions(config)
     path = land(config, X, PAST)
     landed = tick(defs, instance, None)
+    run(defs, instance, landed.run_requests[0])
     path.unlink()
     removed = tick(defs, instance, landed.cursor)
     assert ranges(removed) == [RANGE]  # its rows leave the warehouse
+    run(defs, instance, removed.run_requests[0])
     land(config, X, PAST)  # the same bytes and mtime come back
     again = tick(defs, instance, removed.cursor)
     assert ranges(again) == [RANGE]
@@ -106,10 +118,20 @@ def test_a_file_removed_and_landed_again_gives_a_new_run(config, instance):
     assert len(keys) == 3, keys
 
 
-def test_a_cursor_stored_before_generations_ingests_nothing_twice(config, instance):
+def test_what_a_run_ingested_is_not_asked_for_again_by_a_fresh_sensor(config, instance):
     defs = build_definitions(config)
     land(config, X, PAST)
-    older = json.dumps(scan_landing(config, {}).state)  # the cursor the sensor used to store
+    first = tick(defs, instance, None)
+    run(defs, instance, first.run_requests[0])
+    assert not tick(defs, instance, None).run_requests  # a new daemon: nothing to ingest
+    assert not tick(defs, instance, first.cursor).run_requests
+
+
+def test_a_cursor_stored_before_generations_ingests_nothing_twice(config, instance):
+    defs = build_definitions(config)
+    path = land(config, X, PAST)
+    stat = path.stat()  # the cursor the sensor used to store: size, mtime, sha256, range
+    older = json.dumps({"batch.csv": [stat.st_size, stat.st_mtime_ns, sha256_of(path), *RANGE]})
     assert not tick(defs, instance, older).run_requests
     land(config, Y, PAST + 10)
     assert ranges(tick(defs, instance, older)) == [RANGE]

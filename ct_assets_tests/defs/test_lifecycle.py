@@ -168,10 +168,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def drifted(base: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`base` after a retrain tagged `ct/reason: drift` (approved) and re-scoring LAST."""
+    """`base` after a drift retrain (change point Jan 6, approved) and re-scoring LAST."""
     path, config = clone(base["root"], tmp_path_factory.mktemp("drifted") / "project")
     with project_instance(config) as instance:
-        retrain = run_job(config, instance, "retrain_job", tags={"ct/reason": "drift"})
+        # As drift_sensor tags it: a retrain on exactly the champion's data would be skipped.
+        retrain = run_job(config, instance, "retrain_job",
+                          tags={"ct/reason": "drift", "ct/change_point": "2026-01-06"})
         assert retrain.success
         scoring = run_job(config, instance, "scoring_job", partition=LAST)
         assert scoring.success
@@ -243,7 +245,8 @@ def test_first_retrain_deploys_and_scores(model: str, tmp_path_factory: pytest.T
     assert set(predictions["model_version"]) == {version}
     assert predictions["score"].is_between(0, 1).all()
     assert state["scoring"]["predictions"]["model_version"] == version
-    assert state["scoring"]["predictions"]["dagster/row_count"] == DAYS * ROWS_PER_DAY
+    # The ten days were scored in one run; each partition records its own rows.
+    assert state["scoring"]["predictions"]["dagster/row_count"] == ROWS_PER_DAY
 
 
 def test_gate_rejects_and_the_champion_stays(base, tmp_path, capsys):

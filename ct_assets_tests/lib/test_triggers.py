@@ -8,6 +8,7 @@ from ct_assets.lib.config import config_from_dict
 from ct_assets.lib.triggers import (
     TriggerLog,
     cooldown_reason,
+    describe_failure,
     followup_due,
     partition_distance,
     regime_partitions,
@@ -76,3 +77,20 @@ def test_regime_partitions_counts_the_fitted_partitions_of_the_regime():
         "2026-02-03", "2026-02-04", "2026-02-05", "2026-02-06"]}}}
     assert regime_partitions(manifest) == 2
     assert regime_partitions({"regime_start": None}) == 0
+
+
+def test_a_failure_is_described_by_its_rule_or_by_what_tripped():
+    ruled = describe_failure("feature_drift", "2026-01-15",
+                             {"rule": "drifted share 0.50 >= drift.share 0.5 (amount, channel); "})
+    assert ruled == ("feature_drift failed for 2026-01-15: drifted share 0.50 >= drift.share "
+                     "0.5 (amount, channel)")
+    drift = describe_failure("feature_drift", "2026-01-15", {
+        "drifted_features": "amount, channel", "observed": 0.6, "threshold": 0.5,
+        "target_drifted": True, "segments_drifted": "none"})
+    assert drift == ("feature_drift failed for 2026-01-15; drifted features: amount, channel; "
+                     "drifted share 0.60 (threshold 0.50); target drifted")
+    performance = describe_failure("performance", "2026-01-20", {
+        "metric": "roc_auc", "observed": 0.65, "threshold": 0.7, "page_hinkley_alarm": True,
+        "degradation": "none"})
+    assert performance == ("performance failed for 2026-01-20; roc_auc 0.6500 (floor 0.7000); "
+                           "Page-Hinkley alarm on the error series")

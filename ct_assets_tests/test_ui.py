@@ -1,0 +1,113 @@
+"""The UI tells the truth per partition, read in a real browser.
+
+A simulator project lands 6 clean days and `ct run` trains a first model on them; 4 more days
+land with a covariate drift (from day 7), and `ct run --all` ingests, scores and checks drift
+over the 10 days in one run per job, then the drift trigger retrains. Then a real
+`dagster-webserver` and headless Chromium (Debian's, driven by Playwright) open:
+
+- `drift_report`, partition by partition: days 1 to 6 show no drifted feature, days 7 to 10
+  show drift (the figures of each day, not the range's);
+- `deployed_model`: the trigger's day (day 7) and the drifted features;
+- the lineage and the drift-over-time plots, saved under `benchmarks/results/ui/` for the README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ct_assets import cli
+from ct_assets.lib.config import load_config
+from ct_assets.lib.simulator import DriftScenario, write_days
+from ct_assets_tests.live import ROOT, chromium_page, webserver
+
+FIRST_DAY = dt.date(2026, 1, 1)
+DAYS, DRIFT_DAY, LABELLED, ROWS_PER_DAY = 10, 7, 6, 600
+SHOTS = ROOT / "benchmarks" / "results" / "ui"
+
+
+def day(number: int) -> str:
+    return (FIRST_DAY + dt.timedelta(days=number - 1)).isoformat()
+
+
+def build_project(root: Path, monkeypatch: Any) -> dict[str, str]:
+    """The project after `ct run`; the environment the webserver needs."""
+    config = {"dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
+              "partitions": {"start": day(1)},
+              "training": {"window": LABELLED, "holdout": 1},
+              "triggers": {"label_delay": 0, "cooldown": 0},
+              "gate": {"max_regression": 1.0},  # the drift candidate is promoted: see its why
+              "storage": {"dir": "data"}}
+    path = root / "ct.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    loaded = load_config(path)
+    env = {**os.environ, "CT_CONFIG": str(path), "DAGSTER_HOME": str(loaded.dagster_home)}
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    drift = DriftScenario("covariate", FIRST_DAY + dt.timedelta(days=DRIFT_DAY - 1))
+    write_days(loaded.landing_dir, start=FIRST_DAY, days=LABELLED, rows_per_day=ROWS_PER_DAY,
+               drift=drift, labels_dir=loaded.labels_dir, label_delay=0)
+    assert cli.main(["--config", str(path), "run"]) == 0  # the first model, on days 1 to 6
+    write_days(loaded.landing_dir, start=FIRST_DAY + dt.timedelta(days=LABELLED),
+               days=DAYS - LABELLED, rows_per_day=ROWS_PER_DAY, drift=drift,
+               labels_dir=loaded.labels_dir, label_delay=0)
+    # Every partition again, each job in one run over the 10 days; then the drift retrain.
+    assert cli.main(["--config", str(path), "run", "--all"]) == 0
+    return env
+
+
+def visit(page: Any, url: str, ready: str, shot: Path | None = None) -> str:
+    """Open `url`, wait for `ready`, dismiss the welcome dialog; the page's text."""
+    page.goto(url)
+    page.get_by_text(ready).first.wait_for()
+    skip = page.get_by_role("button", name="Skip")  # "Join the community" dialog
+    if skip.count():
+        skip.first.click()
+    page.wait_for_timeout(1500)  # let the plots draw
+    if shot is not None:
+        page.screenshot(path=str(shot), full_page=True)
+    return page.inner_text("body")
+
+
+def metadata_value(text: str, key: str) -> str:
+    """The value shown next to a metadata key on an asset page."""
+    match = re.search(rf"^{re.escape(key)}\s*\n?\s*(.+)$", text, flags=re.MULTILINE)
+    assert match, f"{key} not on the page:\n{text[:3000]}"
+    return match.group(1).strip()
+
+
+def test_the_ui_shows_each_days_drift_and_why_the_model_was_retrained(tmp_path, monkeypatch):
+    env = build_project(tmp_path, monkeypatch)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    scratch = tmp_path / "screenshots"
+    scratch.mkdir()
+    with webserver(env, tmp_path / "webserver.log") as url, chromium_page() as page:
+        for number in range(1, DAYS + 1):
+            text = visit(page, f"{url}/assets/drift_report?view=partitions&partition="
+                               f"{day(number)}", "drifted_share",
+                         scratch / f"drift_report_{day(number)}.png")
+            features = metadata_value(text, "drifted_features")
+            if number < DRIFT_DAY:
+                assert features == "none", (day(number), features)
+            else:
+                assert "amount" in features, (day(number), features)
+        deployed = visit(page, f"{url}/assets/deployed_model?view=events", "trigger_partition",
+                         SHOTS / "deployed_model.png")
+        assert metadata_value(deployed, "trigger_kind") == "drift"
+        assert metadata_value(deployed, "trigger_partition") == day(DRIFT_DAY)
+        assert "amount" in metadata_value(deployed, "trigger_detail")
+        visit(page, f"{url}/assets/drift_report", "drifted_share")
+        page.get_by_role("button", name="Plots").first.click()  # the metadata over time
+        page.get_by_role("button", name="Events").first.click()  # one point per partition
+        page.locator("canvas").first.wait_for()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(SHOTS / "drift_over_time.png"), full_page=True)
+        visit(page, f"{url}/assets/drift_report?view=lineage&lineageScope=upstream"
+                    "&lineageDepth=6", "raw_events", SHOTS / "lineage.png")
+    shutil.copy(scratch / f"drift_report_{day(DRIFT_DAY)}.png",
+                SHOTS / "drift_report_partition.png")
