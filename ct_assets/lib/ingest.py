@@ -7,7 +7,6 @@ rows to DuckDB and the rejections to the quarantine.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,14 @@ from typing import Any
 import polars as pl
 
 from ct_assets.lib.config import Config, ConfigError
-from ct_assets.lib.files import BadFile, LandedFile, csv_header, discover, read_landed_file
+from ct_assets.lib.files import (
+    BadFile,
+    LandedFile,
+    csv_header,
+    discover,
+    read_landed_file,
+    sha256_file,
+)
 from ct_assets.lib.validation import (
     PARTITION,
     REJECTED_SCHEMA,
@@ -104,7 +110,7 @@ class FileCatalog:
         if known is not None:
             return known
         try:
-            digest = sha256_of(file.path)
+            digest = sha256_file(file.path)
             stat = file.path.stat()
         except OSError:  # removed meanwhile
             return None
@@ -154,15 +160,6 @@ class FileCatalog:
         data = {"files": self.entries, "sha256": self.contents, "ingested": self.ingested}
         temporary.write_text(json.dumps(data, indent=0), encoding="utf-8")
         os.replace(temporary, self.path)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ingest_window(

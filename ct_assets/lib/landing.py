@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass, field
 
 from ct_assets.lib.config import Config
-from ct_assets.lib.files import discover
+from ct_assets.lib.files import discover, sha256_file
 from ct_assets.lib.ingest import (
     FileCatalog,
     RangeReader,
     contiguous_ranges,
     file_partition_range,
     keys_between,
-    sha256_of,
 )
 
 
@@ -75,7 +74,7 @@ def landed_contents(config: Config, catalog: FileCatalog, *, labels: bool = Fals
             if now - file.mtime_ns / 1e9 < settle_seconds:
                 result.unsettled.add(file.relpath)
                 continue
-            digest = sha256_of(file.path)
+            digest = sha256_file(file.path)
         if file.fingerprint in catalog.entries or not same or seen is None:
             found = catalog.range_of(file, config, partition_range)
         else:

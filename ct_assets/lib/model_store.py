@@ -30,7 +30,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ct_assets.lib.files import sha256_file
 from ct_assets.lib.monitoring import REFERENCE_FILE
+
+__all__ = ["ModelStore", "ModelStoreError", "sha256_file"]
 
 MANIFEST = "manifest.json"
 DECISION = "decision.json"
@@ -42,15 +45,6 @@ log = logging.getLogger(__name__)
 
 class ModelStoreError(Exception):
     """A model cannot be used: missing, incomplete, or its files do not match the manifest."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import Config, config_from_dict
-from ct_assets.lib.ingest import sha256_of
+from ct_assets.lib.files import sha256_file
 
 HEADER = "id,ts,amount,kind,label"
 CONFIG = {
@@ -131,7 +131,7 @@ def test_a_cursor_stored_before_generations_ingests_nothing_twice(config, instan
     defs = build_definitions(config)
     path = land(config, X, PAST)
     stat = path.stat()  # the cursor the sensor used to store: size, mtime, sha256, range
-    older = json.dumps({"batch.csv": [stat.st_size, stat.st_mtime_ns, sha256_of(path), *RANGE]})
+    older = json.dumps({"batch.csv": [stat.st_size, stat.st_mtime_ns, sha256_file(path), *RANGE]})
     assert not tick(defs, instance, older).run_requests
     land(config, Y, PAST + 10)
     assert ranges(tick(defs, instance, older)) == [RANGE]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ct_assets.lib.config import Config, config_from_dict
-from ct_assets.lib.ingest import FileCatalog, ingest_window, sha256_of
+from ct_assets.lib.files import sha256_file
+from ct_assets.lib.ingest import FileCatalog, ingest_window
 from ct_assets.lib.landing import LandingCursor, plan_landing_runs, scan_landing
 
 HEADER = "id,ts,amount,kind,label"
@@ -111,7 +112,7 @@ def test_nothing_new_plans_no_run_and_keeps_the_generation(config):
 def test_a_cursor_written_before_generations_is_read(config):
     path = land(config, "batch.csv", X, 1_000)
     stat = path.stat()  # what the sensor used to store: size, mtime, sha256, first, last
-    older = {"batch.csv": [stat.st_size, stat.st_mtime_ns, sha256_of(path), "2026-01-02",
+    older = {"batch.csv": [stat.st_size, stat.st_mtime_ns, sha256_file(path), "2026-01-02",
                            "2026-01-02"]}
     cursor = LandingCursor.parse(json.dumps(older))
     assert cursor == LandingCursor(files=older, generation=0, requested=None)
