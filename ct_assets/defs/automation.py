@@ -13,6 +13,7 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
+from ct_assets.defs.runs import check_in_runs
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.ingest import FileCatalog
 from ct_assets.lib.landing import LandingCursor, LandingRun, plan_landing_runs, scan_landing
@@ -170,11 +171,8 @@ def answered(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     """
     if run.status in ACTIVE_STATUSES or run.status == dg.DagsterRunStatus.SUCCESS:
         return True
-    verdicts = instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    return any(record.event_log_entry.dagster_event is not None
-               and record.event_log_entry.dagster_event.event_specific_data.asset_check_key
-               == GATE_CHECK for record in verdicts)
+    return check_in_runs(instance, GATE_CHECK.asset_key.to_user_string(), GATE_CHECK.name,
+                         [run.run_id]) is not None
 
 
 def last_change_point(instance: dg.DagsterInstance) -> str | None:

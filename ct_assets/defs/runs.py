@@ -34,6 +34,15 @@ def run_lineage(context: dg.AssetExecutionContext) -> list[str]:
     return lineage
 
 
+def _records_in_runs(instance: dg.DagsterInstance, run_ids: list[str],
+                     event_type: dg.DagsterEventType) -> Iterator[tuple[str, Any]]:
+    """(run id, event record) of `event_type` in `run_ids`: runs in order, newest event first."""
+    for run_id in run_ids:
+        for record in instance.get_records_for_run(run_id, of_type=event_type,
+                                                   ascending=False).records:
+            yield run_id, record
+
+
 def materialization_in_runs(instance: dg.DagsterInstance, asset: str, run_ids: list[str]
                             ) -> tuple[str, dict[str, Any]] | None:
     """The run id and metadata (plain values) of `asset`'s latest materialization in `run_ids`.
@@ -41,14 +50,11 @@ def materialization_in_runs(instance: dg.DagsterInstance, asset: str, run_ids: l
     Runs are searched in order; None when none of them materialized it.
     """
     key = dg.AssetKey(asset)
-    for run_id in run_ids:
-        records = instance.get_records_for_run(
-            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False).records
-        for record in records:
-            materialization = record.event_log_entry.asset_materialization
-            if materialization is not None and materialization.asset_key == key:
-                return run_id, {name: entry.value
-                                for name, entry in materialization.metadata.items()}
+    for run_id, record in _records_in_runs(instance, run_ids,
+                                           dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == key:
+            return run_id, {name: entry.value for name, entry in materialization.metadata.items()}
     return None
 
 
@@ -56,15 +62,13 @@ def check_in_runs(instance: dg.DagsterInstance, asset: str, check: str, run_ids:
                   ) -> dg.AssetCheckEvaluation | None:
     """The latest evaluation of check `check` on `asset` in `run_ids` (searched in order)."""
     key = dg.AssetKey(asset)
-    for run_id in run_ids:
-        records = instance.get_records_for_run(
-            run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, ascending=False).records
-        for record in records:
-            event = record.event_log_entry.dagster_event
-            evaluation = event.event_specific_data if event else None
-            if isinstance(evaluation, dg.AssetCheckEvaluation) \
-                    and evaluation.asset_key == key and evaluation.check_name == check:
-                return evaluation
+    for _, record in _records_in_runs(instance, run_ids,
+                                      dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if isinstance(evaluation, dg.AssetCheckEvaluation) \
+                and evaluation.asset_key == key and evaluation.check_name == check:
+            return evaluation
     return None
 
 

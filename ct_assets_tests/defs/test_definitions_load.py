@@ -13,15 +13,9 @@ from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import Config, config_from_dict
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.warehouse import Warehouse
+from ct_assets_tests.projects import FILES_CONFIG
 
-RAW_CONFIG = {
-    "dataset": {"source": "files", "landing_dir": "landing", "timestamp": "ts",
-                "target": "label", "id": "id",
-                "columns": {"id": "string", "ts": "timestamp", "amount": "float",
-                            "kind": "category", "label": "int"}},
-    "partitions": {"start": "2026-01-01"},
-    "storage": {"dir": "data"},
-}
+RAW_CONFIG = FILES_CONFIG
 GOOD = ["id,ts,amount,kind,label", "g1,2026-01-02T10:00:00,1.5,k1,0",
         "g2,2026-01-02T11:00:00,2.5,k2,1"]
 RENAMED = ["id,ts,amt,kind,label", "r1,2026-01-02T12:00:00,3.5,k1,0"]  # amount → amt

@@ -19,16 +19,10 @@ import pytest
 from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import Config, config_from_dict
 from ct_assets.lib.files import sha256_file
+from ct_assets_tests.projects import FILES_CONFIG, FILES_HEADER
 
-HEADER = "id,ts,amount,kind,label"
-CONFIG = {
-    "dataset": {"source": "files", "landing_dir": "landing", "timestamp": "ts",
-                "target": "label", "id": "id",
-                "columns": {"id": "string", "ts": "timestamp", "amount": "float",
-                            "kind": "category", "label": "int"}},
-    "partitions": {"start": "2026-01-01"},
-    "storage": {"dir": "data"},
-}
+HEADER = FILES_HEADER
+CONFIG = FILES_CONFIG
 X = [HEADER, "a1,2026-01-02T10:00:00,1.5,k1,0", "a2,2026-01-03T11:00:00,2.5,k2,1"]
 Y = [HEADER, "a1,2026-01-02T10:00:00,9.5,k1,1", "a2,2026-01-03T11:00:00,8.5,k2,0"]
 PAST = int(time.time()) - 3600  # settled: the sensor leaves files younger than 5 s alone
