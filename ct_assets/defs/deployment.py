@@ -129,6 +129,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         store = model_store.get()
         champion = store.deployed()
         version, approved, outcome = _judged_candidate(context, store)
+        decision = store.decision(version) if version else None
         if approved:
             reason = (context.run.tags.get(REASON_TAG)
                       or store.describe(version).get("reason")
@@ -138,9 +139,8 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             champion = store.promote(version, reason, run_id=context.run.run_id,
                                      gate=config.gate.metric,
                                      trigger=trigger_of(context.run, reason),
-                                     holdout=holdout_change(store.decision(version)))
+                                     holdout=holdout_change(decision))
             outcome = f"promoted {version} (reason: {reason})"
-        decision = store.decision(version) if version else None
         context.log.info(outcome)
         deployed = champion["version"] if champion else "none"
         metrics = (champion or {}).get("metrics", {})
