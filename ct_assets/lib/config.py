@@ -312,6 +312,8 @@ class DriftConfig(_Section):
     critical: list[str] = Field(default_factory=list)
     target_alpha: float = Field(default=0.001, gt=0, lt=1)
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
+    # What `drift_report` judges: the landed rows' features, or the rows `ct serve` scored.
+    on: Literal["landed", "served"] = "landed"
 
 
 class TriggersConfig(_Section):
@@ -344,6 +346,21 @@ class ChecksConfig(_Section):
     max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
 
 
+class ServingConfig(_Section):
+    """`ct serve`: the model's name on the Open Inference Protocol, access, limits, request log."""
+
+    model_name: str = Field(default="ct-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # A bearer token every route but health requires; `$CT_SERVE_TOKEN` overrides it.
+    token: str | None = None
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_rows: int = Field(default=10_000, ge=1)
+    # The request log is flushed to a Parquet file at this many rows or this age, whichever first.
+    log_flush_rows: int = Field(default=10_000, ge=1)
+    log_flush_seconds: float = Field(default=5.0, gt=0)
+    # How often the server looks at `deployed.json` for a promotion or a rollback.
+    watch_seconds: float = Field(default=1.0, gt=0)
+
+
 class StorageConfig(_Section):
     """Where this project's state lives."""
 
@@ -361,6 +378,7 @@ class Config(_Section):
     drift: DriftConfig = DriftConfig()
     triggers: TriggersConfig = TriggersConfig()
     checks: ChecksConfig = ChecksConfig()
+    serving: ServingConfig = ServingConfig()
     storage: StorageConfig = StorageConfig()
     path: Path | None = None
 
@@ -467,6 +485,11 @@ class Config(_Section):
     def labels_catalog_path(self) -> Path:
         """What label ingestion knows of each landed label file version (per granularity)."""
         return self.storage.dir / f"labels_catalog.{self.partitions.granularity}.json"
+
+    @property
+    def serving_dir(self) -> Path:
+        """Where `ct serve` writes its request log (Parquet files, one per flush)."""
+        return self.storage_dir / "serving"
 
     @property
     def dagster_home(self) -> Path:
