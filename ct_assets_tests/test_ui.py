@@ -8,7 +8,13 @@ over the 10 days in one run per job, then the drift trigger retrains. Then a rea
 - `drift_report`, partition by partition: days 1 to 6 show no drifted feature, days 7 to 10
   show drift (the figures of each day, not the range's);
 - `deployed_model`: the trigger's day (day 7) and the drifted features;
-- the lineage and the drift-over-time plots, saved under `benchmarks/results/ui/` for the README.
+- the pictures where each page opens: `drift_report`'s drift-over-time chart (drifted share per
+  day, the retrain's trigger day marked) and recent-drift table, `validation_report`'s holdout
+  chart, drawn inline (not behind "[Show Markdown]");
+- the lineage and the drift-over-time views, saved under `benchmarks/results/ui/` for the README.
+
+The days end yesterday, as `ct simulate`'s do, so the UI's per-partition plots (which show the
+newest partitions of the partition set, ending today) cover them.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from ct_assets.lib.config import load_config
 from ct_assets.lib.simulator import DriftScenario, write_days
 from ct_assets_tests.live import ROOT, chromium_page, webserver
 
-FIRST_DAY = dt.date(2026, 1, 1)
 DAYS, DRIFT_DAY, LABELLED, ROWS_PER_DAY = 10, 7, 6, 600
+FIRST_DAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=DAYS)
 SHOTS = ROOT / "benchmarks" / "results" / "ui"
 
 
@@ -74,6 +80,15 @@ def visit(page: Any, url: str, ready: str, shot: Path | None = None) -> str:
     return page.inner_text("body")
 
 
+def inline_image(page: Any, alt: str) -> None:
+    """Assert the page draws the image `alt` where it opens: loaded, sized, on screen."""
+    image = page.locator(f"img[alt='{alt}']").first
+    image.wait_for()
+    width = image.evaluate("img => img.complete ? img.naturalWidth : 0")
+    assert width > 100, f"{alt}: not drawn (natural width {width})"
+    assert page.get_by_text("[Show Markdown]").count() == 0 or image.is_visible()
+
+
 def metadata_value(text: str, key: str) -> str:
     """The value shown next to a metadata key on an asset page."""
     match = re.search(rf"^{re.escape(key)}\s*\n?\s*(.+)$", text, flags=re.MULTILINE)
@@ -101,12 +116,22 @@ def test_the_ui_shows_each_days_drift_and_why_the_model_was_retrained(tmp_path, 
         assert metadata_value(deployed, "trigger_kind") == "drift"
         assert metadata_value(deployed, "trigger_partition") == day(DRIFT_DAY)
         assert "amount" in metadata_value(deployed, "trigger_detail")
-        visit(page, f"{url}/assets/drift_report", "drifted_share")
-        page.get_by_role("button", name="Plots").first.click()  # the metadata over time
-        page.get_by_role("button", name="Events").first.click()  # one point per partition
+        # Where the pages open: the pictures drawn inline, the newest day's table of features.
+        visit(page, f"{url}/assets/drift_report", "drift_over_time")
+        inline_image(page, "drifted share per partition")
+        page.screenshot(path=str(SHOTS / "drift_over_time.png"), full_page=True)
+        recent = page.locator("table", has_text="top features").first
+        assert "amount" in recent.inner_text()
+        visit(page, f"{url}/assets/validation_report", "holdout_chart",
+              SHOTS / "validation_report.png")
+        inline_image(page, "holdout comparison")
+        # The UI's own per-partition plots: one point per day, the figures of each day.
+        visit(page, f"{url}/assets/drift_report", "drift_over_time")
+        page.get_by_role("button", name="Plots").first.click()
+        page.get_by_role("button", name="Partitions").first.click()
         page.locator("canvas").first.wait_for()
         page.wait_for_timeout(3000)
-        page.screenshot(path=str(SHOTS / "drift_over_time.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / "drift_plots.png"), full_page=True)
         visit(page, f"{url}/assets/drift_report?view=lineage&lineageScope=upstream"
                     "&lineageDepth=6", "raw_events", SHOTS / "lineage.png")
     shutil.copy(scratch / f"drift_report_{day(DRIFT_DAY)}.png",

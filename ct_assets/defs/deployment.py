@@ -14,6 +14,7 @@ from ct_assets.defs.metadata import (
     frame_metadata,
     record_partition_metadata,
 )
+from ct_assets.defs.monitoring_events import recorded_drift_timeline, retrain_partitions
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.defs.runs import check_in_runs, materialization_in_runs, run_lineage
 from ct_assets.lib.config import Config, parse_duration
@@ -161,7 +162,10 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
             **why_metadata(champion),
         }
         if approved:
-            yield dg.MaterializeResult(metadata=metadata)
+            # The change that led here, where the asset page opens: drift over time, marked.
+            chart = recorded_drift_timeline(context.instance, retrain_partitions(store), config)
+            yield dg.MaterializeResult(metadata={**({"drift_over_time": chart} if chart else {}),
+                                                 **metadata})
         else:
             yield dg.AssetObservation(asset_key=context.asset_key, metadata=metadata)
 

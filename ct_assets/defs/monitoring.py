@@ -16,10 +16,13 @@ import polars as pl
 
 from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.monitoring_events import (
+    TIMELINE_PARTITIONS,
     checks_done,
     drift_events,
+    drift_pictures,
     partitioned_check,
     performance_events,
+    retrain_partitions,
     unmeasured_reason,
 )
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
@@ -29,6 +32,7 @@ from ct_assets.lib.features import offset_partitions
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
 from ct_assets.lib.monitoring import error_of, load_profiles, partition_drift
+from ct_assets.lib.monitoring_verdicts import drift_history
 from ct_assets.lib.partition_figures import span
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.training import encode_labels
@@ -106,7 +110,13 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         table = _with_start(pl.concat([report for report, _, _ in judged.values()]), config)
         warehouse.get().replace_range("drift_report", table.with_columns(
             pl.lit(version).alias("model_version")), PARTITION_START, window.start, window.end)
-        yield from drift_events(context.asset_key, judged, version, config)
+        history = drift_history(warehouse.get().read_range(
+            "drift_report", PARTITION_START,
+            offset_partitions(config, window.start, -TIMELINE_PARTITIONS), window.end),
+            config, PARTITION)
+        retrains = retrain_partitions(model_store.get())
+        pictures = {key: drift_pictures(history, key, retrains, config) for key in judged}
+        yield from drift_events(context.asset_key, judged, version, config, pictures)
         yield checks_done(context, "feature_drift")
 
     @dg.asset(

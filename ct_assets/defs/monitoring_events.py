@@ -17,6 +17,8 @@ import polars as pl
 
 from ct_assets.defs.resources import ModelStoreResource
 from ct_assets.lib.config import Config
+from ct_assets.lib.inline_charts import Point, fits_inline, timeline_markdown
+from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.monitoring_verdicts import (
     EVIDENCE_COLUMNS,
     drift_rules,
@@ -24,7 +26,11 @@ from ct_assets.lib.monitoring_verdicts import (
     performance_rules,
 )
 from ct_assets.lib.partition_figures import rounded, span
+from ct_assets.lib.reports import markdown_table
 from ct_assets.lib.validation import PARTITION
+
+TIMELINE_PARTITIONS = 30  # partitions shown by the drift-over-time chart (fewer if they must)
+RECENT_PARTITIONS = 7  # partitions listed by the recent-drift table
 
 
 def partitioned_check(name: str, asset: str, partitions_def: dg.PartitionsDefinition,
@@ -52,9 +58,75 @@ def checks_done(context: dg.AssetExecutionContext, check: str) -> dg.Output:
     return dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
 
 
+def retrain_partitions(store: ModelStore) -> frozenset[str]:
+    """The partitions whose drift or performance event led to a promoted retrain."""
+    return frozenset(
+        record["trigger"]["partition"] for record in store.pointer()["history"]
+        if (record.get("trigger") or {}).get("partition", "none") != "none")
+
+
+def drift_pictures(history: list[dict[str, Any]], key: str, retrains: frozenset[str],
+                   config: Config) -> dict[str, dg.MetadataValue]:
+    """The drift-over-time chart and the recent-drift table as of partition `key`.
+
+    Both are Markdown short enough for the UI to show them where the asset page opens: the
+    drifted share of the last `TIMELINE_PARTITIONS` partitions up to `key` (drifted ones red,
+    `drift.share` dashed, a blue line at each partition that triggered a promoted retrain), and
+    the last `RECENT_PARTITIONS` with their most drifted features.
+    """
+    upto = [day for day in history if day["partition"] <= key][-TIMELINE_PARTITIONS:]
+    chart = timeline_markdown(
+        [Point(day["partition"], day["drifted_share"], day["drifted"]) for day in upto],
+        "drifted share per partition",
+        "Drifted share per partition: red drifted, dashed `drift.share`, blue a retrain's trigger",
+        limit=config.drift.share, markers=retrains, scale=1.0)
+    recent = upto[-RECENT_PARTITIONS:][::-1]
+    while True:
+        table = markdown_table(pl.DataFrame(
+            {"partition": [day["partition"] for day in recent],
+             "share": [round(day["drifted_share"], 2) for day in recent],
+             "drifted": ["yes" if day["drifted"] else "no" for day in recent],
+             "top features": [", ".join(day["top_features"]) or "none" for day in recent]},
+            schema={"partition": pl.String, "share": pl.Float64, "drifted": pl.String,
+                    "top features": pl.String}), RECENT_PARTITIONS)
+        if fits_inline(table) or len(recent) <= 1:
+            break
+        recent = recent[:-1]
+    return {"drift_over_time": dg.MetadataValue.md(chart),
+            "recent_drift": dg.MetadataValue.md(table)}
+
+
+def recorded_drift_timeline(instance: dg.DagsterInstance, retrains: frozenset[str],
+                            config: Config, limit: int = 500) -> dg.MetadataValue | None:
+    """The drift-over-time chart from the instance's record of `drift_report`, retrains marked.
+
+    Read from the event log (each partition's newest materialization: its drifted share and
+    verdict), not the warehouse, so an asset without the DuckDB pool can show it; None before
+    any partition was judged.
+    """
+    newest: dict[str, dict[str, Any]] = {}
+    for record in instance.fetch_materializations(dg.AssetKey("drift_report"),
+                                                  limit=limit).records:
+        event = record.asset_materialization
+        if event is None or event.partition is None or event.partition in newest:
+            continue
+        values = {key: getattr(value, "value", None) for key, value in event.metadata.items()}
+        if isinstance(values.get("drifted_share"), int | float):
+            newest[event.partition] = values
+    if not newest:
+        return None
+    keys = sorted(newest)[-TIMELINE_PARTITIONS:]
+    return dg.MetadataValue.md(timeline_markdown(
+        [Point(key, float(newest[key]["drifted_share"]), bool(newest[key].get("drifted")))
+         for key in keys], "drifted share per partition",
+        "Drifted share per partition: red drifted, dashed `drift.share`, blue a retrain's trigger",
+        limit=config.drift.share, markers=retrains, scale=1.0))
+
+
 def drift_events(asset_key: dg.AssetKey,
                  judged: dict[str, tuple[pl.DataFrame, dict[str, Any], int]], version: str,
-                 config: Config) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+                 config: Config, pictures: dict[str, dict[str, dg.MetadataValue]] | None = None
+                 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """One materialization and one `feature_drift` evaluation per partition judged.
 
     Args:
@@ -62,6 +134,7 @@ def drift_events(asset_key: dg.AssetKey,
         judged: partition key → its drift report (every scope), verdict and feature rows.
         version: the deployed model whose reference the partitions were compared with.
         config: the drift settings.
+        pictures: partition key → its `drift_pictures`, shown first in its materialization.
     """
     flagged = [key for key, (_, verdict, _) in judged.items() if verdict["drifted"]]
     for key, (report, verdict, rows) in judged.items():
@@ -74,8 +147,8 @@ def drift_events(asset_key: dg.AssetKey,
                    "target_drifted": verdict["target_drifted"],
                    "segments_drifted": ", ".join(verdict["segments_drifted"]) or "none",
                    "drifted": verdict["drifted"], "rule": "; ".join(rules) or "none"}
-        yield dg.AssetMaterialization(asset_key=asset_key, partition=key,
-                                      metadata=rounded({**figures, **statistics}))
+        yield dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata={
+            **(pictures or {}).get(key, {}), **rounded({**figures, **statistics})})
         yield dg.AssetCheckEvaluation(
             asset_key=asset_key, check_name="feature_drift", partition=key,
             passed=not verdict["drifted"], severity=dg.AssetCheckSeverity.WARN,

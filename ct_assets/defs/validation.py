@@ -20,6 +20,7 @@ from ct_assets.lib.evaluation import (
     slice_metrics,
 )
 from ct_assets.lib.features import feature_schema
+from ct_assets.lib.inline_charts import holdout_svg, svg_markdown
 from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
@@ -123,7 +124,14 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         chart = comparison_chart_png(y, {labels[r]: s for r, s in scores.items()}, task)
         report = _markdown(version, champion, decision.summary(), notes, metrics, intervals,
                            slices, y, scores, task, gate.metric, chart)
+        values = {role: _finite(metrics[role].get(str(gate.metric))) for role in scores}
+        picture = svg_markdown(
+            holdout_svg(y, scores, task, {r: v if v is not None else float("nan")
+                                          for r, v in values.items()}, str(gate.metric)),
+            "holdout comparison", f"{'ROC' if task == 'binary' else gate.metric} on the same "
+            f"{len(y)} holdout rows")
         yield dg.MaterializeResult(metadata={
+            "holdout_chart": dg.MetadataValue.md(picture),
             "candidate_version": version,
             "candidate_from_run": source.run_id,
             "champion_version": champion["version"] if champion else "none",

@@ -15,7 +15,7 @@ import polars as pl
 
 from ct_assets.lib.config import Config, worse_than
 from ct_assets.lib.drift import drift_summary
-from ct_assets.lib.monitoring import degradation, performance_alarm
+from ct_assets.lib.monitoring import degradation, drift_verdict, performance_alarm
 
 EVIDENCE_COLUMNS = ("segment", "feature", "method", "statistic", "threshold", "p_value")
 
@@ -65,6 +65,42 @@ def drifted_feature_rows(report: pl.DataFrame) -> list[dict[str, Any]]:
     drifted = report.filter(pl.col("drifted")).with_columns(
         (pl.col("segment") != "all").alias("__segment"))
     return drifted.sort("__segment", "segment", "feature").select(EVIDENCE_COLUMNS).to_dicts()
+
+
+def drift_history(rows: pl.DataFrame, config: Config, partition: str, top: int = 3
+                  ) -> list[dict[str, Any]]:
+    """Each partition's verdict from `drift_report` rows, oldest first, for a timeline.
+
+    Args:
+        rows: `drift_report` rows of several partitions, every scope.
+        config: the drift settings the verdicts are judged with.
+        partition: the column holding the partition key.
+        top: how many drifted features to name per partition.
+
+    Returns:
+        Per partition: `partition`, `drifted`, `drifted_share` and `top_features`, its most
+        drifted features overall (by how far each is past its threshold), strongest first.
+    """
+    history = []
+    target = config.dataset.target
+    for key in sorted(rows[partition].unique().to_list()):
+        report = rows.filter(pl.col(partition) == key)
+        verdict = drift_verdict(report, config)
+        drifted = report.filter((pl.col("segment") == "all") & pl.col("drifted")
+                                & (pl.col("feature") != target)).to_dicts()
+        drifted.sort(key=_excess, reverse=True)
+        history.append({"partition": key, "drifted": verdict["drifted"],
+                        "drifted_share": verdict["drifted_share"],
+                        "top_features": [row["feature"] for row in drifted[:top]]})
+    return history
+
+
+def _excess(row: dict[str, Any]) -> float:
+    """How far a drifted feature is past its threshold: > 1, larger is further."""
+    statistic, threshold, p_value = row["statistic"], row["threshold"], row["p_value"]
+    if p_value is None:  # a distance: the threshold bounds the statistic
+        return statistic / threshold if threshold else math.inf
+    return math.log(max(p_value, 1e-300)) / math.log(threshold) if 0 < threshold < 1 else 0.0
 
 
 def performance_rules(value: float | None, errors: list[float], values: list[float | None],

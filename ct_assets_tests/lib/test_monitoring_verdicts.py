@@ -8,6 +8,7 @@ from ct_assets.lib.config import config_from_dict
 from ct_assets.lib.monitoring import drift_verdict
 from ct_assets.lib.monitoring_verdicts import (
     EVIDENCE_COLUMNS,
+    drift_history,
     drift_rules,
     drifted_feature_rows,
     performance_rules,
@@ -70,3 +71,22 @@ def test_performance_rules_name_the_floor_and_the_degradation():
                                  "triggers.min_performance 0.7")
     assert worse["rules"][-1].startswith("degradation: roc_auc 0.7000 over the last 3")
     assert "triggers.max_degradation 0.05" in worse["rules"][-1]
+
+
+def test_drift_history_gives_each_partitions_verdict_and_its_most_drifted_features_first():
+    quiet = report([("all", "amount", "wasserstein", 0.01, 0.1, None, False),
+                    ("all", "channel", "chisquare", 3.0, 0.05, 0.4, False)])
+    loud = report([("all", "amount", "wasserstein", 0.15, 0.1, None, True),  # 1.5× its bound
+                   ("all", "channel", "chisquare", 90.0, 0.05, 1e-9, True),  # p far below
+                   ("all", "hour", "wasserstein", 0.5, 0.1, None, True),  # 5× its bound
+                   ("all", TARGET, "chisquare", 20.0, 0.001, 1e-5, True),  # the target: no
+                   ("north", "distance_km", "wasserstein", 9.0, 0.1, None, True)])  # a segment
+    rows = pl.concat([quiet.with_columns(pl.lit("2026-01-02").alias("day")),
+                      loud.with_columns(pl.lit("2026-01-03").alias("day")),
+                      quiet.with_columns(pl.lit("2026-01-01").alias("day"))])
+    history = drift_history(rows, CONFIG, "day", top=2)
+    assert [day["partition"] for day in history] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert [day["drifted"] for day in history] == [False, False, True]
+    assert history[0]["top_features"] == [] and history[0]["drifted_share"] == 0
+    assert history[2]["drifted_share"] == 1.0
+    assert history[2]["top_features"] == ["channel", "hour"]  # log(1e-9)/log(0.05) ≈ 6.9 > 5
