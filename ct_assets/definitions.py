@@ -23,6 +23,12 @@ from ct_assets.defs.online import build_online_assets
 from ct_assets.defs.partitions import build_partitions
 from ct_assets.defs.resources import build_resources
 from ct_assets.defs.runs import RETRAIN_TAG
+from ct_assets.defs.serving import (
+    SERVED_JOB,
+    build_serving_assets,
+    build_serving_sensor,
+    served_assets,
+)
 from ct_assets.defs.training import build_training_assets
 from ct_assets.defs.validation import build_validation_assets
 from ct_assets.lib.config import Config, load_config
@@ -45,6 +51,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         *build_training_assets(config),
         *build_validation_assets(config),
         *build_deployment_assets(config, partitions_def),
+        *build_serving_assets(config, partitions_def),
         *build_monitoring_assets(config, partitions_def),
         *build_evaluation_assets(config),
         *build_online_assets(config, partitions_def, label_dependencies(config)[1]),
@@ -72,10 +79,15 @@ def build_definitions(config: Config) -> dg.Definitions:
         "drift_job", selection=dg.AssetSelection.assets("drift_report"))
     performance_job = dg.define_asset_job(
         "performance_job", selection=dg.AssetSelection.assets("model_performance"))
+    served_job = dg.define_asset_job(
+        SERVED_JOB, selection=dg.AssetSelection.assets(*served_assets(config)),
+        description="What serving_log_sensor runs for new request-log rows of `ct serve`: "
+                    "take them in and, with drift.on: served, judge their drift.")
     jobs = [data_job, features_job, landing_job, retrain_job, scoring_job, drift_job,
-            performance_job]
+            performance_job, served_job]
     triggers = config.triggers
-    sensors = [build_landing_sensor(config, partitions_def)]
+    sensors = [build_landing_sensor(config, partitions_def),
+               build_serving_sensor(config, partitions_def)]
     if config.training.strategy == "online":
         jobs.append(dg.define_asset_job(
             "online_job", selection=dg.AssetSelection.assets("model_update"),

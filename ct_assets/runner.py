@@ -14,12 +14,14 @@ import polars as pl
 from ct_assets.definitions import build_definitions
 from ct_assets.defs.automation import DETAIL_TAG, GATE_CHECK
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
+from ct_assets.defs.serving import SERVED_JOB
 from ct_assets.defs.training import SKIPPED_KEY
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
+from ct_assets.lib.served import pending_partitions
 from ct_assets.lib.triggers import TriggerLog
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse, quote_identifier
@@ -77,7 +79,8 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     1. every landed partition whose files differ from those its last ingestion took in (the
        file catalog's record, which the landing and label sensors read too, so the daemon
        does not ingest again what this pass did) is ingested and featurised (`data_job`, one
-       run and one scan per contiguous range);
+       run and one scan per contiguous range); rows `ct serve` answered and not yet taken in
+       are (`served_job`), and labels that landed (`labels_job`);
     2. when no model is deployed yet, `retrain_job` trains, validates and promotes one
        (reason `initial`);
     3. partitions without predictions, drift reports or (once labels are known) performance
@@ -105,6 +108,9 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
         # Late rows change the recent means of the next `features.lookback` partitions.
         following = partitions_after(ingest, ordered, config.features.lookback) & (done - ingest)
         runner.partitioned("features_job", following, ordered)
+        if store.deployed() is not None:  # rows `ct serve` answered, before their labels
+            runner.partitioned(SERVED_JOB, pending_partitions(config.serving_dir, config)
+                               & set(ordered), ordered)
         fresh_labels: set[str] = set()
         if config.dataset.labels is not None:
             arrived, changed = landed_partitions(

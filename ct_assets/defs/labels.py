@@ -20,6 +20,7 @@ from ct_assets.lib.labels import (
 from ct_assets.lib.partition_figures import span, split_by_partition
 from ct_assets.lib.quality import CheckOutcome
 from ct_assets.lib.quarantine import Quarantine
+from ct_assets.lib.served import logged_rows
 from ct_assets.lib.validation import CHECK, PARTITION
 from ct_assets.lib.warehouse import quote_identifier
 
@@ -53,8 +54,10 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
 
         Partitioned by when a label became known (`known_at`, else its file's modification
         time), so a label landing today belongs to today whatever day its row is from; the
-        row's partition is kept as `labelled_partition`. Bad labels are quarantined with a
-        reason (null, wrong type, unknown id, known before its row, duplicate, conflicting);
+        row's partition is kept as `labelled_partition`. A label's row is a landed row or one
+        `ct serve` answered (`served_predictions`; its labels come from `POST /feedback`).
+        Bad labels are quarantined with a reason (null, wrong type, unknown id, known before
+        its row, duplicate, conflicting);
         the good labels of the same file still land. Performance monitoring and training use
         the labels known by then. Each partition's materialization carries its own labels,
         the partitions of their rows and its rejections; the checks judge all the run's
@@ -65,20 +68,29 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
         catalog = FileCatalog(config.labels_catalog_path)
         batch = read_labels(config, window.start, window.end, catalog)
         store = warehouse.get()
-        stored = store.table_exists("labels")
+        stored, served = store.table_exists("labels"), store.table_exists("served_predictions")
         with store.connect() as connection:
             connection.register("incoming", batch.labels.select(key).unique().to_arrow())
             quoted_key, known_at = quote_identifier(key), quote_identifier(KNOWN_AT)
-            rows = connection.execute(
-                f"SELECT r.{quoted_key}, r.{quote_identifier(PARTITION)}, "
-                f"r.{quote_identifier(str(dataset.timestamp))} FROM raw_events r "
-                f"SEMI JOIN incoming USING ({quoted_key})").pl()
+            columns = (f"r.{quoted_key}, r.{quote_identifier(PARTITION)}, "
+                       f"r.{quote_identifier(str(dataset.timestamp))}")
+            rows = connection.execute(f"SELECT {columns} FROM raw_events r "
+                                      f"SEMI JOIN incoming USING ({quoted_key})").pl()
+            if served:  # rows `ct serve` answered
+                answered = connection.execute(
+                    f"SELECT {columns} FROM served_predictions r "
+                    f"SEMI JOIN incoming USING ({quoted_key})").pl()
+                rows = pl.concat([rows, answered.cast({key: rows.schema[key]}, strict=False)
+                                  .drop_nulls(key)], how="vertical_relaxed")
             earlier = connection.execute(
                 f"SELECT l.* FROM labels l SEMI JOIN incoming USING ({quoted_key}) "
                 f"WHERE l.{known_at} < ? OR l.{known_at} >= ?", [window.start, window.end]
             ).pl() if stored else pl.DataFrame(
                 schema={key: batch.labels.schema[key], target: batch.labels.schema[target],
                         "_source_file": pl.String, "_row_number": pl.Int64})
+        # Rows the server logged that the serving sensor has not taken in yet.
+        logged = logged_rows(config.serving_dir, config, batch.labels[key])
+        rows = pl.concat([rows, logged.cast(dict(rows.schema))], how="vertical_relaxed")
         accepted, unmatched = match_labels(batch.labels, rows, earlier, config)
         store.replace_range("labels", accepted, KNOWN_AT, window.start, window.end)
         rejected = pl.concat([batch.rejected_rows, unmatched])

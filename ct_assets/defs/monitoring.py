@@ -34,6 +34,7 @@ from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
 from ct_assets.lib.monitoring import error_of, load_profiles, partition_drift
 from ct_assets.lib.monitoring_verdicts import drift_history
 from ct_assets.lib.partition_figures import span
+from ct_assets.lib.served import RECEIVED_AT
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.training import encode_labels
 from ct_assets.lib.validation import PARTITION
@@ -73,10 +74,17 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                             ) -> list[dg.AssetsDefinition]:
     """The `drift_report` and `model_performance` assets with their per-partition checks."""
     label_source, label_deps = label_dependencies(config)
+    # What drift is judged on: the landed rows' features, or the rows `ct serve` answered.
+    drift_source, drift_time = (("served_predictions", RECEIVED_AT) if config.drift.on == "served"
+                                else ("features", str(config.dataset.timestamp)))
+    # … and realised performance on the landed rows' predictions, or on the served ones.
+    scored_source, scored_time = (("served_predictions", RECEIVED_AT)
+                                  if config.drift.on == "served"
+                                  else ("predictions", str(config.dataset.timestamp)))
 
     @dg.asset(
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["features", "deployed_model"], group_name="monitoring",
+        deps=[drift_source, "deployed_model"], group_name="monitoring",
         kinds={"duckdb", "polars"}, pool="duckdb", output_required=False,
         automation_condition=follows_upstream(),
         check_specs=[partitioned_check(
@@ -91,16 +99,21 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                      model_store: ModelStoreResource):
         """Per-feature drift of each partition against the deployed model's training reference.
 
-        Overall and per segment, plus the target's distribution (prior shift). The reference
-        profile was fitted once on the training window and is stored with the model. Each
-        partition written gets its own materialization (its rows, drifted share and features,
-        target and segments) and its own `feature_drift` evaluation.
+        The partition's rows are the landed rows' features, or with `drift.on: served` the
+        rows `ct serve` answered (`served_predictions`). Overall and per segment, plus the
+        target's distribution (prior shift). The reference profile was fitted once on the
+        training window and is stored with the model. Each partition written gets its own
+        materialization (its rows, drifted share and features, target and segments; the drift
+        over time and the most drifted features of the last partitions, drawn where the asset
+        page opens) and its own `feature_drift` evaluation.
         """
         version, directory = _deployed(model_store)
         profiles = load_profiles(directory)
         window = context.partition_time_window
-        features = warehouse.get().read_range("features", config.dataset.timestamp,
-                                              window.start, window.end)
+        store = warehouse.get()
+        features = (store.read_range(drift_source, drift_time, window.start, window.end)
+                    if store.table_exists(drift_source) else pl.DataFrame(
+                        schema={PARTITION: pl.String}))
         judged = {}
         for key in partition_keys(config, window.start, window.end):
             rows = features.filter(pl.col(PARTITION) == key)
@@ -121,7 +134,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
 
     @dg.asset(
         partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["predictions", *label_deps],
+        deps=[scored_source, *label_deps],
         group_name="monitoring", kinds={"duckdb", "polars"}, pool="duckdb",
         output_required=False, automation_condition=follows_upstream(),
         check_specs=[partitioned_check(
@@ -137,6 +150,9 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
     def model_performance(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                           model_store: ModelStoreResource):
         """Realised performance of the deployed model on each partition, once labels are known.
+
+        Measured on `predictions`, or with `drift.on: served` on the rows `ct serve` answered
+        (`served_predictions`), whose labels come back through `POST /feedback`.
 
         Labels of a partition count as known when the partition `triggers.label_delay` later has
         landed (with `dataset.labels`: the labels that became known by the end of that
@@ -155,8 +171,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                              "partitions)")
         store = warehouse.get()
         table = measure(store, model_store, config, known,
-                        store.read_range("predictions", config.dataset.timestamp, window.start,
-                                         window.end))
+                        store.read_range(scored_source, scored_time, window.start, window.end))
         store.replace_range("model_performance", table, PARTITION_START, window.start,
                             window.end)
         metric = str(config.gate.metric)

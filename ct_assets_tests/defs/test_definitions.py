@@ -37,6 +37,8 @@ EXPECTED_GRAPH = {
                           "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
     "policy_backtest": {"group": "evaluation", "deps": set(), "kinds": {"duckdb", "matplotlib"},
                         "pool": "duckdb", "partitioned": False},
+    "served_predictions": {"group": "serving", "deps": {"deployed_model"},
+                           "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
 }
 EAGER = {"features", "predictions", "drift_report", "model_performance"}
 # With labels landing apart (`dataset.labels`), the `labels` asset feeds training and
@@ -49,6 +51,15 @@ LABELS_GRAPH = {
     "model_performance": {**EXPECTED_GRAPH["model_performance"],
                           "deps": {"predictions", "labels"}},
 }
+# Monitoring live traffic (`drift.on: served`): drift and performance judge what `ct serve`
+# answered, whose labels come back through `POST /feedback` into `labels`.
+SERVED_GRAPH = {
+    **LABELS_GRAPH,
+    "drift_report": {**EXPECTED_GRAPH["drift_report"],
+                     "deps": {"served_predictions", "deployed_model"}},
+    "model_performance": {**EXPECTED_GRAPH["model_performance"],
+                          "deps": {"served_predictions", "labels"}},
+}
 
 
 def test_project_definitions_load_from_the_repository_config(monkeypatch):
@@ -60,11 +71,13 @@ def test_project_definitions_load_from_the_repository_config(monkeypatch):
         "raw_events", "features"}
 
 
-@pytest.mark.parametrize(("dataset", "expected"), [
-    ({"source": "simulator"}, EXPECTED_GRAPH),
-    ({"source": "simulator", "labels": {"landing_dir": "labels"}}, LABELS_GRAPH)])
-def test_graph_snapshot(tmp_path, dataset, expected):
-    config = config_from_dict({"dataset": dataset}, base_dir=tmp_path)
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"dataset": {"source": "simulator"}}, EXPECTED_GRAPH),
+    ({"dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}}}, LABELS_GRAPH),
+    ({"dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
+      "drift": {"on": "served"}}, SERVED_GRAPH)])
+def test_graph_snapshot(tmp_path, raw, expected):
+    config = config_from_dict(raw, base_dir=tmp_path)
     graph = build_definitions(config).resolve_asset_graph()
     snapshot = {}
     for key in graph.get_all_asset_keys():
@@ -87,8 +100,8 @@ def test_sensors_and_schedule_defaults(tmp_path):
     config = config_from_dict({"dataset": {"source": "simulator"}}, base_dir=tmp_path)
     defs = build_definitions(config)
     running = dg.DefaultSensorStatus.RUNNING
-    for name in ("landing_sensor", "drift_sensor", "performance_sensor", "freshness_sensor",
-                 "automation_sensor"):
+    for name in ("landing_sensor", "serving_log_sensor", "drift_sensor", "performance_sensor",
+                 "freshness_sensor", "automation_sensor"):
         assert defs.resolve_sensor_def(name).default_status == running, name
     schedule = defs.resolve_schedule_def("retrain_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED  # triggers.schedule off
