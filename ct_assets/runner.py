@@ -164,7 +164,10 @@ def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[st
     """
     instance = runner.instance
     fresh = ingested & landed
-    for job, asset in (("scoring_job", "predictions"), ("drift_job", "drift_report")):
+    # With `drift.on: served`, drift is judged on served rows, as `served_job` takes them in.
+    jobs = [("scoring_job", "predictions")] + (
+        [("drift_job", "drift_report")] if config.drift.on == "landed" else [])
+    for job, asset in jobs:
         runner.partitioned(job, (landed - _materialized(instance, asset)) | fresh, ordered)
     delay = config.triggers.label_delay
     separate = config.dataset.labels is not None
@@ -174,7 +177,10 @@ def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[st
     def window(key: str) -> set[str]:  # the partitions whose labels count for `key`
         return set(ordered[position[key]:position[key] + delay + 1])
 
-    labelled = {key for key in landed if key in position and position[key] + delay < len(ordered)
+    # What performance is measured on: landed partitions, or those `ct serve` answered rows in.
+    scored = (_materialized(instance, "served_predictions") if config.drift.on == "served"
+              else landed)
+    labelled = {key for key in scored if key in position and position[key] + delay < len(ordered)
                 and ordered[position[key] + delay] in clock}
     measured = _materialized(instance, "model_performance")
     relabelled = {key for key in labelled if window(key) & fresh_labels}

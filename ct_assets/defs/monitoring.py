@@ -27,11 +27,12 @@ from ct_assets.defs.monitoring_events import (
 )
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
+from ct_assets.lib.drift import REPORT_SCHEMA
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
 from ct_assets.lib.features import offset_partitions
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
-from ct_assets.lib.monitoring import error_of, load_profiles, partition_drift
+from ct_assets.lib.monitoring import drift_verdict, error_of, load_profiles, partition_drift
 from ct_assets.lib.monitoring_verdicts import drift_history
 from ct_assets.lib.partition_figures import span
 from ct_assets.lib.served import RECEIVED_AT
@@ -117,7 +118,11 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         judged = {}
         for key in partition_keys(config, window.start, window.end):
             rows = features.filter(pl.col(PARTITION) == key)
-            report, verdict = partition_drift(profiles, rows, config)
+            if features.width > 1:
+                report, verdict = partition_drift(profiles, rows, config)
+            else:  # nothing served yet (no `served_predictions` table): nothing to judge
+                report = pl.DataFrame(schema={**REPORT_SCHEMA, "segment": pl.String})
+                verdict = drift_verdict(report, config)
             judged[key] = (report.with_columns(pl.lit(key).alias(PARTITION)), verdict,
                            rows.height)
         table = _with_start(pl.concat([report for report, _, _ in judged.values()]), config)

@@ -275,10 +275,15 @@ def attach_labels(frame: pl.DataFrame, labels: pl.DataFrame | None, config: Conf
                   ) -> pl.DataFrame:
     """`frame` with its target filled from `labels` (by id) where the row itself has none.
 
-    Where the target sits in the data file (its own label), it is kept.
+    Where the target sits in the data file (its own label), it is kept; a frame without the
+    target column (rows `ct serve` answered) gets it from the labels alone.
     """
     dataset = config.dataset
     key, target = str(dataset.id), str(dataset.target)
+    if target not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=labels.schema[target] if labels is not None
+                                          and target in labels.columns else pl.String)
+                                   .alias(target))
     if labels is None or labels.is_empty() or dataset.id is None:
         return frame
     given = labels.select(key, pl.col(target).alias("__label")).unique(key, keep="first")
