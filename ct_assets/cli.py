@@ -166,6 +166,7 @@ def _age(iso: str) -> str:
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     """Show the deployed model, its metrics and age, and the latest retrain."""
     from ct_assets.lib.model_store import ModelStore
+    from ct_assets.lib.served import endpoint_status
     from ct_assets.lib.triggers import TriggerLog
 
     store = ModelStore(config.models_dir)
@@ -187,6 +188,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         },
         "models": len(versions),
         "triggers": TriggerLog(config.storage_dir).latest(),
+        "serving": endpoint_status(config.serving_dir, config.serving.model_name,
+                                   os.environ.get("CT_SERVE_TOKEN") or config.serving.token),
     }
     if args.json:
         print(json.dumps(report, default=str))
@@ -213,6 +216,14 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"last retrain: {last['version']} ({last['reason']}) → {last['status']}")
     for name, entry in sorted(report["triggers"].items()):
         print(f"{name}: {entry['decision']} at {entry['at']}: {entry['detail']}")
+    serving = report["serving"]
+    if serving is None:
+        print("serving: no `ct serve` running")
+    elif not serving["reachable"]:
+        print(f"serving: not reachable ({serving['error']}); endpoint.json may be stale")
+    else:
+        print(f"serving: {serving['url']} (pid {serving['pid']}) serves "
+              f"{serving['model_name']} version {serving['version']}")
     return 0
 
 
@@ -335,6 +346,25 @@ def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """Serve the deployed model over HTTP until SIGTERM or Ctrl-C (see `ct_assets.serve`).
+
+    Prints one line with the URL and the version served; fails (one line) when nothing is
+    deployed, the deployed version fails verification, or the address cannot be bound.
+    """
+    from ct_assets.serve.hot_swap import load_initial
+    from ct_assets.serve.server import bind, run, url_of
+    from ct_assets.serve.settings import from_config
+
+    settings = from_config(config)
+    served = load_initial(settings)
+    listening = bind(args.host, args.port)
+    settings.url = url_of(listening)
+    run(settings, listening, served, on_started=lambda model: print(
+        f"serving {settings.model_name} version {model.version} at {settings.url}", flush=True))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     """Check the config against the landed data: each declared column is in some file.
 
@@ -413,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--chart", metavar="PATH", help="write the chart (PNG) there")
     backtest.add_argument("--json", action="store_true")
     backtest.set_defaults(handler=cmd_backtest)
+
+    serve = commands.add_parser("serve", help="serve the deployed model over HTTP (Open "
+                                              "Inference Protocol v2, /predict, /feedback)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="check the config's columns against landed data")
     check.set_defaults(handler=cmd_check)

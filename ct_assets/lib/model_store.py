@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ct_assets.lib.files import sha256_file
-from ct_assets.lib.monitoring import REFERENCE_FILE
+
+# The drift reference profile every deployable version carries (fitted on its training rows).
+REFERENCE_FILE = "reference_profile.json"
 
 __all__ = ["ModelStore", "ModelStoreError", "sha256_file"]
 

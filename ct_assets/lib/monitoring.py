@@ -23,8 +23,8 @@ from ct_assets.lib.features import (
     feature_schema,
     recent_mean_feature,
 )
+from ct_assets.lib.model_store import REFERENCE_FILE
 
-REFERENCE_FILE = "reference_profile.json"
 MIN_SEGMENT_ROWS = 50  # segments smaller than this in the reference get no profile of their own
 SEGMENT_ALPHA = 0.01  # family-wise significance a segment's feature drift must also reach
 
