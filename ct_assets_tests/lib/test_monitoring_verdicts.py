@@ -76,9 +76,9 @@ def test_performance_rules_name_the_floor_and_the_degradation():
 def test_drift_history_gives_each_partitions_verdict_and_its_most_drifted_features_first():
     quiet = report([("all", "amount", "wasserstein", 0.01, 0.1, None, False),
                     ("all", "channel", "chisquare", 3.0, 0.05, 0.4, False)])
-    loud = report([("all", "amount", "wasserstein", 0.15, 0.1, None, True),  # 1.5× its bound
+    loud = report([("all", "amount", "wasserstein", 0.15, 0.1, None, True),  # 1.5 times its bound
                    ("all", "channel", "chisquare", 90.0, 0.05, 1e-9, True),  # p far below
-                   ("all", "hour", "wasserstein", 0.5, 0.1, None, True),  # 5× its bound
+                   ("all", "hour", "wasserstein", 0.5, 0.1, None, True),  # 5 times its bound
                    ("all", TARGET, "chisquare", 20.0, 0.001, 1e-5, True),  # the target: no
                    ("north", "distance_km", "wasserstein", 9.0, 0.1, None, True)])  # a segment
     rows = pl.concat([quiet.with_columns(pl.lit("2026-01-02").alias("day")),
