@@ -8,7 +8,7 @@ CT := $(BIN)/ct
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test dev lint bench clean
+.PHONY: demo test dev serve lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP) $(CHROMIUM)
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
 dev: $(STAMP)
 	DAGSTER_HOME=$$($(CT) home) $(BIN)/dg dev --host 127.0.0.1 --port 3000
+
+## serve: the deployed model over HTTP on 127.0.0.1:8080 (Open Inference Protocol v2, /predict,
+## /feedback, /metrics); hot-swaps on promotion or rollback
+serve: $(STAMP)
+	$(CT) serve --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
