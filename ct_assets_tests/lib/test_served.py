@@ -12,6 +12,7 @@ from ct_assets.lib.config import config_from_dict
 from ct_assets.lib.served import (
     REQUESTS,
     catalog,
+    endpoint_status,
     logged_rows,
     pending_partitions,
     read_served,
@@ -77,3 +78,18 @@ def test_logged_rows_are_those_not_taken_in_yet_matching_the_ids(config):
                                  config.dataset.timestamp: day(1, 13)}]
     record_ingested(config.serving_dir, ["2026-01-01"], config)
     assert logged_rows(config.serving_dir, config, ids).height == 0  # the warehouse has it
+
+
+def test_a_stale_endpoint_file_is_reported_unreachable_not_trusted(config):
+    import json
+    import socket
+
+    assert endpoint_status(config.serving_dir, "ct-model", None) is None  # nothing started
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config.serving_dir.mkdir(parents=True, exist_ok=True)
+    (config.serving_dir / "endpoint.json").write_text(json.dumps(
+        {"url": f"http://127.0.0.1:{port}", "pid": 1}), encoding="utf-8")
+    status = endpoint_status(config.serving_dir, "ct-model", None, timeout=1)
+    assert status["reachable"] is False and str(port) in status["error"]
