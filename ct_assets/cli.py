@@ -365,6 +365,23 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace, config: Config) -> int:
+    """Write one model version as a self-contained deployable directory (see `ct_assets.package`).
+
+    Refused (one line) when the version fails verification, when the gate rejected or never
+    approved it (unless `--force`), or when `--out` holds anything but a previous package.
+    """
+    from ct_assets.package import build_package
+
+    package = build_package(config, args.version, Path(args.out), force=args.force)
+    print(f"packaged {config.serving.model_name} version {package.version} in "
+          f"{package.directory}")
+    print(f"manifest.json sha256 {package.manifest_sha256}")
+    tag = f"{config.serving.model_name}:{package.version}".lower()
+    print(f"build: docker build -t {tag} {package.directory}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     """Check the config against the landed data: each declared column is in some file.
 
@@ -449,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     serve.set_defaults(handler=cmd_serve)
+
+    package = commands.add_parser("package", help="one model version as a deployable directory "
+                                                  "(server, pinned requirements, Dockerfile)")
+    package.add_argument("version", nargs="?", metavar="VERSION", help="default: the deployed")
+    package.add_argument("--out", required=True, metavar="DIR", help="the package directory")
+    package.add_argument("--force", action="store_true",
+                         help="package it even if the gate rejected or never validated it")
+    package.set_defaults(handler=cmd_package)
 
     check = commands.add_parser("check", help="check the config's columns against landed data")
     check.set_defaults(handler=cmd_check)

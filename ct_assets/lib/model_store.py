@@ -35,7 +35,8 @@ from ct_assets.lib.files import sha256_file
 # The drift reference profile every deployable version carries (fitted on its training rows).
 REFERENCE_FILE = "reference_profile.json"
 
-__all__ = ["ModelStore", "ModelStoreError", "sha256_file"]
+__all__ = ["ModelStore", "ModelStoreError", "PinnedStore", "read_manifest", "sha256_file",
+           "verify_files"]
 
 MANIFEST = "manifest.json"
 DECISION = "decision.json"
@@ -87,6 +88,51 @@ def _canonical(document: Any) -> bytes:
 def now_iso() -> str:
     """The current UTC time, ISO 8601."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A version's manifest as stored (its seal and files unchecked).
+
+    Raises:
+        ModelStoreError: naming `path`, when it is missing, not JSON, or lists no files.
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelStoreError(f"{path}: model manifest is missing") from None
+    except ValueError as error:
+        raise ModelStoreError(f"{path}: manifest is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) \
+            or not manifest["files"]:
+        raise ModelStoreError(f"{path}: manifest has no 'files' table")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Check a version directory against its manifest: every listed file, no unlisted one.
+
+    Needs no seal key: whoever trusts the manifest (by its seal, or by its sha256 recorded
+    elsewhere, as a package does) trusts the files through it.
+
+    Raises:
+        ModelStoreError: naming the missing, mismatching or unlisted file.
+    """
+    for name, expected in manifest["files"].items():
+        file = directory / name
+        if not file.is_file():
+            raise ModelStoreError(f"{file}: model file listed in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ModelStoreError(
+                f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); "
+                "the artifact was modified or corrupted and will not be loaded"
+            )
+    for file in directory.rglob("*"):
+        name = file.relative_to(directory).as_posix()
+        if file.is_file() and not file.name.startswith(".") \
+                and name not in (MANIFEST, DECISION) and name not in manifest["files"]:
+            raise ModelStoreError(f"{file}: not listed in the manifest; the version was "
+                                  "modified after it was saved and will not be loaded")
 
 
 class ModelStore:
@@ -225,33 +271,9 @@ class ModelStore:
         """
         directory = self.path(version)
         manifest_path = directory / MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelStoreError(f"{manifest_path}: model manifest is missing") from None
-        except ValueError as error:
-            raise ModelStoreError(f"{manifest_path}: manifest is not valid JSON ({error})"
-                                  ) from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) \
-                or not manifest["files"]:
-            raise ModelStoreError(f"{manifest_path}: manifest has no 'files' table")
+        manifest = read_manifest(manifest_path)
         sealed = self._verify_seal(manifest_path, manifest, version)
-        for name, expected in manifest["files"].items():
-            file = directory / name
-            if not file.is_file():
-                raise ModelStoreError(f"{file}: model file listed in the manifest is missing")
-            actual = sha256_file(file)
-            if actual != expected:
-                raise ModelStoreError(
-                    f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); "
-                    "the artifact was modified or corrupted and will not be loaded"
-                )
-        for file in directory.rglob("*"):
-            name = file.relative_to(directory).as_posix()
-            if file.is_file() and not file.name.startswith(".") \
-                    and name not in (MANIFEST, DECISION) and name not in manifest["files"]:
-                raise ModelStoreError(f"{file}: not listed in the manifest; the version was "
-                                      "modified after it was saved and will not be loaded")
+        verify_files(directory, manifest)
         self.decision(version)  # a tampered verdict makes the whole version untrustworthy
         manifest.pop(SEAL, None)
         return {**manifest, "sealed": sealed}
@@ -413,6 +435,81 @@ class ModelStore:
         if decision is not None and not decision.get("approved", False):
             return "rejected"
         return "candidate"
+
+
+class PinnedStore(ModelStore):
+    """One version copied out of its store (`ct package`), trusted by its manifest's sha256.
+
+    The store's seal key never leaves the store (whoever holds it can forge verdicts there), so
+    a copy cannot check seals: its manifest is trusted because its sha256 is the one recorded
+    when the version was copied, after the store had verified the seal, and every file is
+    verified against the manifest as in the store. The copied `decision.json` keeps its seal
+    for whoever holds the key; here it must name this version and this manifest. Read-only.
+    """
+
+    def __init__(self, root: Path | str, version: str, manifest_sha256: str) -> None:
+        super().__init__(root)
+        self.version = version
+        self.manifest_sha256 = manifest_sha256
+
+    def _seal_key(self, create: bool = False) -> tuple[bytes, list[str]] | None:
+        if create:
+            raise ModelStoreError(f"{self.root}: a packaged model version is read-only")
+        return None
+
+    def _own(self, version: str) -> Path:
+        if version != self.version:
+            raise ModelStoreError(f"{self.root}: holds only version {self.version}, "
+                                  f"not {version}")
+        return self.path(version)
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        """The manifest after checking its sha256 against the pin and every file against it.
+
+        Raises:
+            ModelStoreError: naming the manifest or the file that does not match.
+        """
+        directory = self._own(version)
+        path = directory / MANIFEST
+        manifest = read_manifest(path)
+        actual = sha256_file(path)
+        if actual != self.manifest_sha256:
+            raise ModelStoreError(
+                f"{path}: sha256 mismatch (pinned {self.manifest_sha256[:12]}…, file "
+                f"{actual[:12]}…); the manifest was modified and will not be trusted")
+        verify_files(directory, manifest)
+        self.decision(version)
+        manifest.pop(SEAL, None)
+        return {**manifest, "sealed": False}
+
+    def decision(self, version: str) -> dict[str, Any] | None:
+        """The copied verdict (its seal unchecked: no key here), if it judged this manifest.
+
+        Raises:
+            ModelStoreError: naming `decision.json`, when it is unreadable or made for another
+                version or manifest.
+        """
+        path = self._own(version) / DECISION
+        if not path.exists():
+            return None
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ModelStoreError(f"{path}: the verdict is not valid JSON ({error})") from None
+        if not isinstance(document, dict) or document.get("version", version) != version \
+                or document.get("manifest_sha256", self.manifest_sha256) != self.manifest_sha256:
+            raise ModelStoreError(f"{path}: the verdict was made for another version or "
+                                  "another manifest and will not be trusted")
+        document.pop(SEAL, None)
+        return {**document, "sealed": False}
+
+    def versions(self) -> list[str]:
+        """The one version, when its manifest is there."""
+        return [self.version] if (self.path(self.version) / MANIFEST).is_file() else []
+
+    def pointer(self) -> dict[str, Any]:
+        """The one version, as if deployed (a package never follows `deployed.json`)."""
+        return {"deployed": {"version": self.version, "reason": "packaged"}, "history": []}
 
 
 def _seal(key: bytes, document: dict[str, Any]) -> str:

@@ -35,8 +35,8 @@ NO_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False
 
 try:
     SERVER_VERSION = package_version("ct_assets")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    SERVER_VERSION = "0"
+except PackageNotFoundError:  # a source tree never installed, or a `ct package` directory
+    from ct_assets import __version__ as SERVER_VERSION
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -54,7 +54,8 @@ def parse_labels(payload: Any, served: ServedModel, settings: ServeSettings) -> 
     """The label file's rows: id, label, known_at, each validated (422 naming the entry)."""
     if settings.labels_dir is None or not settings.label_id_column or not settings.label_column:
         raise RequestError(409, "feedback is off: labels have no landing dir; set "
-                                "dataset.labels (landing_dir, id, label) in ct.yaml")
+                                "dataset.labels (landing_dir, id, label) in ct.yaml, or start "
+                                "a packaged server with --labels-dir")
     if not isinstance(payload, dict) or not isinstance(payload.get("labels"), list):
         raise RequestError(422, "the body must be a JSON object with a list 'labels'")
     entries = payload["labels"]

@@ -17,7 +17,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ct_assets.lib.model_store import MANIFEST, ModelStore, ModelStoreError
+from ct_assets.lib.model_store import MANIFEST, ModelStore, ModelStoreError, PinnedStore
 from ct_assets.serve.metrics import ServeMetrics
 from ct_assets.serve.models import Canary, ServedModel, load_served
 from ct_assets.serve.settings import ServeSettings
@@ -28,13 +28,26 @@ CACHE_SIZE = 4  # versions other than the current one kept loaded for versioned 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+def open_store(settings: ServeSettings) -> ModelStore:
+    """The model store to serve from: the store, or one version pinned by its manifest's sha256.
+
+    Raises:
+        ValueError: a manifest sha256 is given without the fixed version it pins.
+    """
+    if settings.manifest_sha256 is None:
+        return ModelStore(settings.models_dir)
+    if settings.version is None:
+        raise ValueError("manifest_sha256 pins a fixed version: set `version` too")
+    return PinnedStore(settings.models_dir, settings.version, settings.manifest_sha256)
+
+
 def load_initial(settings: ServeSettings) -> ServedModel:
     """The version to serve first, verified: the fixed one, else the deployed one.
 
     Raises:
         ModelStoreError: nothing is deployed, or the version fails verification (why).
     """
-    store = ModelStore(settings.models_dir)
+    store = open_store(settings)
     version = settings.version
     if version is None:
         record = store.deployed()
@@ -52,7 +65,7 @@ class ModelSlot:
     def __init__(self, settings: ServeSettings, metrics: ServeMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.store = ModelStore(settings.models_dir)
+        self.store = open_store(settings)
         self.current: ServedModel | None = None
         self.recent: Canary | None = None  # the last rows served: the next version's canary
         self.refused: dict[str, Any] | None = None  # the last refusal: version, reason, at

@@ -23,6 +23,8 @@ class ServeSettings:
         models_dir: the model store (holds `deployed.json` unless `version` is fixed).
         model_name: the model's name on the protocol (`/v2/models/{model_name}`).
         version: serve this version only, and never follow `deployed.json` (`ct package`).
+        manifest_sha256: with `version`, the sha256 its manifest must have: the version is then
+            trusted by it instead of the store's seal (a package, shipped without the seal key).
         token: bearer token required on every route but `/v2/health/*` (None: open).
         max_body_bytes: largest request body accepted (413 above).
         max_rows: most rows (or labels) in one request (413 above).
@@ -46,6 +48,7 @@ class ServeSettings:
     models_dir: Path
     model_name: str = "ct-model"
     version: str | None = None
+    manifest_sha256: str | None = None
     token: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 10_000
