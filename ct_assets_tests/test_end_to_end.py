@@ -46,7 +46,7 @@ from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
 from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, poll, quiet_for, webserver
 
-INTERVAL = 10  # seconds between two ticks of each sensor (30 by default)
+INTERVAL = 5  # seconds between two ticks of each sensor (30 by default)
 HISTORY_DAYS, DRIFTED_DAYS, ROWS_PER_DAY = 12, 3, 1500
 FIRST_MODEL_TIMEOUT = 360
 DRIFT_RETRAIN_TIMEOUT = 300
