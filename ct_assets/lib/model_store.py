@@ -343,14 +343,9 @@ class ModelStore:
                 match, or it was made for another version or another manifest.
         """
         path = self.path(version) / DECISION
-        if not path.exists():
+        document = read_verdict(path)
+        if document is None:
             return None
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise ModelStoreError(f"{path}: the verdict is not valid JSON ({error})") from None
-        if not isinstance(document, dict):
-            raise ModelStoreError(f"{path}: the verdict is not a JSON object")
         sealed = self._verify_seal(path, document, version)
         if sealed:
             manifest_path = self.path(version) / MANIFEST
@@ -490,13 +485,10 @@ class PinnedStore(ModelStore):
                 version or manifest.
         """
         path = self._own(version) / DECISION
-        if not path.exists():
+        document = read_verdict(path)
+        if document is None:
             return None
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise ModelStoreError(f"{path}: the verdict is not valid JSON ({error})") from None
-        if not isinstance(document, dict) or document.get("version", version) != version \
+        if document.get("version", version) != version \
                 or document.get("manifest_sha256", self.manifest_sha256) != self.manifest_sha256:
             raise ModelStoreError(f"{path}: the verdict was made for another version or "
                                   "another manifest and will not be trusted")
@@ -510,6 +502,23 @@ class PinnedStore(ModelStore):
     def pointer(self) -> dict[str, Any]:
         """The one version, as if deployed (a package never follows `deployed.json`)."""
         return {"deployed": {"version": self.version, "reason": "packaged"}, "history": []}
+
+
+def read_verdict(path: Path) -> dict[str, Any] | None:
+    """A `decision.json` as a JSON object, None when there is none.
+
+    Raises:
+        ModelStoreError: naming the file, when it is not valid JSON or not an object.
+    """
+    if not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ModelStoreError(f"{path}: the verdict is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ModelStoreError(f"{path}: the verdict is not a JSON object")
+    return document
 
 
 def _seal(key: bytes, document: dict[str, Any]) -> str:
