@@ -75,11 +75,8 @@ def drift_pictures(history: list[dict[str, Any]], key: str, retrains: frozenset[
     the last `RECENT_PARTITIONS` with their most drifted features.
     """
     upto = [day for day in history if day["partition"] <= key][-TIMELINE_PARTITIONS:]
-    chart = timeline_markdown(
-        [Point(day["partition"], day["drifted_share"], day["drifted"]) for day in upto],
-        "drifted share per partition",
-        "Drifted share per partition: red drifted, dashed `drift.share`, blue a retrain's trigger",
-        limit=config.drift.share, markers=retrains, scale=1.0)
+    chart = _drift_chart([Point(day["partition"], day["drifted_share"], day["drifted"])
+                          for day in upto], retrains, config)
     recent = upto[-RECENT_PARTITIONS:][::-1]
     while True:
         table = markdown_table(pl.DataFrame(
@@ -92,8 +89,7 @@ def drift_pictures(history: list[dict[str, Any]], key: str, retrains: frozenset[
         if fits_inline(table) or len(recent) <= 1:
             break
         recent = recent[:-1]
-    return {"drift_over_time": dg.MetadataValue.md(chart),
-            "recent_drift": dg.MetadataValue.md(table)}
+    return {"drift_over_time": chart, "recent_drift": dg.MetadataValue.md(table)}
 
 
 def recorded_drift_timeline(instance: dg.DagsterInstance, retrains: frozenset[str],
@@ -116,9 +112,16 @@ def recorded_drift_timeline(instance: dg.DagsterInstance, retrains: frozenset[st
     if not newest:
         return None
     keys = sorted(newest)[-TIMELINE_PARTITIONS:]
+    return _drift_chart([Point(key, float(newest[key]["drifted_share"]),
+                               bool(newest[key].get("drifted"))) for key in keys],
+                        retrains, config)
+
+
+def _drift_chart(points: list[Point], retrains: frozenset[str], config: Config
+                 ) -> dg.MetadataValue:
+    """The drifted share per partition, drawn inline, with the retrains' triggers marked."""
     return dg.MetadataValue.md(timeline_markdown(
-        [Point(key, float(newest[key]["drifted_share"]), bool(newest[key].get("drifted")))
-         for key in keys], "drifted share per partition",
+        points, "drifted share per partition",
         "Drifted share per partition: red drifted, dashed `drift.share`, blue a retrain's trigger",
         limit=config.drift.share, markers=retrains, scale=1.0))
 

@@ -19,6 +19,7 @@ from ct_assets.lib.ingest import contiguous_ranges, partition_keys
 from ct_assets.lib.partition_figures import span
 from ct_assets.lib.served import (
     RECEIVED_AT,
+    catalog,
     log_files,
     pending_partitions,
     read_served,
@@ -55,16 +56,16 @@ def build_serving_assets(config: Config, partitions_def: dg.PartitionsDefinition
         """
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
-        rows = read_served(config.serving_dir, config, window.start, window.end, keys)
+        record = catalog(config.serving_dir, config)  # the files this run reads, and records
+        rows = read_served(config.serving_dir, config, window.start, window.end, keys, record)
         warehouse.get().replace_range("served_predictions", rows, RECEIVED_AT, window.start,
                                       window.end)
-        record_ingested(config.serving_dir, keys, config)
+        record_ingested(config.serving_dir, keys, record)
         record_partition_metadata(context, {key: _figures(rows.filter(
             pl.col(PARTITION) == key)) for key in keys})
         return dg.MaterializeResult(metadata={"run_partitions": span(keys),
                                               "run_rows": rows.height,
-                                              "request_log_files": len(log_files(
-                                                  config.serving_dir))})
+                                              "request_log_files": len(record)})
 
     return [served_predictions]
 

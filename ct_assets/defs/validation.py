@@ -124,10 +124,9 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
         chart = comparison_chart_png(y, {labels[r]: s for r, s in scores.items()}, task)
         report = _markdown(version, champion, decision.summary(), notes, metrics, intervals,
                            slices, y, scores, task, gate.metric, chart)
-        values = {role: _finite(metrics[role].get(str(gate.metric))) for role in scores}
+        values = {role: metrics[role].get(str(gate.metric), math.nan) for role in scores}
         picture = svg_markdown(
-            holdout_svg(y, scores, task, {r: v if v is not None else float("nan")
-                                          for r, v in values.items()}, str(gate.metric)),
+            holdout_svg(y, scores, task, values, str(gate.metric)),  # n/a when not finite
             "holdout comparison", f"{'ROC' if task == 'binary' else gate.metric} on the same "
             f"{len(y)} holdout rows")
         yield dg.MaterializeResult(metadata={

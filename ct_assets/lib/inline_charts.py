@@ -125,7 +125,6 @@ def holdout_svg(y: np.ndarray, scores: dict[str, np.ndarray], task: str,
                              for fpr, tpr in _roc_points(y, scores[name]))
             parts.append(f"<polyline points='{curve}' fill='none' stroke='{colour}' "
                          "stroke-width='2'/>")
-        left = 120
     else:
         top = max([abs(v) for v in values.values() if np.isfinite(v)] + [1e-12])
         for index, (name, colour) in enumerate(zip(names, colours, strict=False)):
@@ -133,7 +132,7 @@ def holdout_svg(y: np.ndarray, scores: dict[str, np.ndarray], task: str,
                 else 0
             parts.append(f"<rect x='10' y='{20 + 40 * index}' width='{width:.0f}' height='25' "
                          f"fill='{colour}'/>")
-        left = 120
+    left = 120  # the labels, right of the plot
     for index, (name, colour) in enumerate(zip(names, colours, strict=False)):
         value = values.get(name, float("nan"))
         shown = f"{value:.4f}" if np.isfinite(value) else "n/a"

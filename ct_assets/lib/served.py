@@ -66,17 +66,18 @@ def pending_partitions(serving_dir: Path, config: Config) -> set[str]:
 
 
 def read_served(serving_dir: Path, config: Config, start: dt.datetime, end: dt.datetime,
-                keys: list[str]) -> pl.DataFrame:
+                keys: list[str], record: dict[str, dict[str, list[str]]]) -> pl.DataFrame:
     """The served rows received in `[start, end)` (partitions `keys`), as stored.
 
-    Only the files holding rows of `keys` are read. The row id becomes the dataset's id
-    column (`dataset.id`; else it stays `row_id`), the receive time its timestamp column, and
-    each row gets its partition key, so drift and performance read served rows like landed
-    ones.
+    Only the files of `record` (a `catalog` taken by the caller, which then records what it
+    read with `record_ingested`) holding rows of `keys` are read. The row id becomes the
+    dataset's id column (`dataset.id`; else it stays `row_id`), the receive time its timestamp
+    column, and each row gets its partition key, so drift and performance read served rows
+    like landed ones.
     """
     window = set(keys)
     frames = []
-    for name, entry in catalog(serving_dir, config).items():
+    for name, entry in record.items():
         if window & set(entry["holds"]):
             frames.append(pl.scan_parquet(serving_dir / REQUESTS / name).filter(
                 pl.col(RECEIVED_AT).is_between(start, end, closed="left")).collect())
@@ -91,10 +92,14 @@ def read_served(serving_dir: Path, config: Config, start: dt.datetime, end: dt.d
     return frame
 
 
-def record_ingested(serving_dir: Path, keys: list[str], config: Config) -> None:
-    """Record that the partitions `keys` of every request-log file were ingested."""
+def record_ingested(serving_dir: Path, keys: list[str],
+                    record: dict[str, dict[str, list[str]]]) -> None:
+    """Record that the partitions `keys` of the files of `record` were ingested.
+
+    `record` is the catalog the rows were read with: a file that landed after it was taken is
+    not in it, so it stays pending for the next run instead of being marked as read.
+    """
     window = set(keys)
-    record = catalog(serving_dir, config)
     for entry in record.values():
         entry["ingested"] = sorted(set(entry["ingested"]) | (set(entry["holds"]) & window))
     write_json_atomic(serving_dir / INGESTED, record)

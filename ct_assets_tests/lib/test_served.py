@@ -50,13 +50,14 @@ def test_a_file_across_midnight_is_pending_for_both_days_until_each_is_taken_in(
     log_file(config, "a", [day(1, 23), day(2, 1)], ["x1", "x2"])
     (config.serving_dir / REQUESTS / ".requests-b.parquet.tmp").write_bytes(b"partial")
     assert pending_partitions(config.serving_dir, config) == {"2026-01-01", "2026-01-02"}
-    rows = read_served(config.serving_dir, config, day(1, 0), day(2, 0), ["2026-01-01"])
+    rows = read_served(config.serving_dir, config, day(1, 0), day(2, 0), ["2026-01-01"],
+                       catalog(config.serving_dir, config))
     assert rows[PARTITION].to_list() == ["2026-01-01"]
     assert rows[config.dataset.id].to_list() == ["x1"]  # the row id is the dataset's id
     assert rows[config.dataset.timestamp].to_list() == [day(1, 23)]
-    record_ingested(config.serving_dir, ["2026-01-01"], config)
+    record_ingested(config.serving_dir, ["2026-01-01"], catalog(config.serving_dir, config))
     assert pending_partitions(config.serving_dir, config) == {"2026-01-02"}
-    record_ingested(config.serving_dir, ["2026-01-02"], config)
+    record_ingested(config.serving_dir, ["2026-01-02"], catalog(config.serving_dir, config))
     assert pending_partitions(config.serving_dir, config) == set()
     log_file(config, "c", [day(2, 5)], ["x3"])  # a new file for a day already taken in
     assert pending_partitions(config.serving_dir, config) == {"2026-01-02"}
@@ -65,7 +66,8 @@ def test_a_file_across_midnight_is_pending_for_both_days_until_each_is_taken_in(
 
 
 def test_reading_a_window_with_no_log_gives_typed_empty_rows(config):
-    rows = read_served(config.serving_dir, config, day(1, 0), day(2, 0), ["2026-01-01"])
+    rows = read_served(config.serving_dir, config, day(1, 0), day(2, 0), ["2026-01-01"],
+                       catalog(config.serving_dir, config))
     assert rows.height == 0
     assert {PARTITION, "score", "model_version", config.dataset.id} <= set(rows.columns)
 
@@ -76,8 +78,18 @@ def test_logged_rows_are_those_not_taken_in_yet_matching_the_ids(config):
     found = logged_rows(config.serving_dir, config, ids)
     assert found.to_dicts() == [{config.dataset.id: "x2", PARTITION: "2026-01-01",
                                  config.dataset.timestamp: day(1, 13)}]
-    record_ingested(config.serving_dir, ["2026-01-01"], config)
+    record_ingested(config.serving_dir, ["2026-01-01"], catalog(config.serving_dir, config))
     assert logged_rows(config.serving_dir, config, ids).height == 0  # the warehouse has it
+
+
+def test_a_file_landing_while_a_run_reads_stays_pending(config):
+    log_file(config, "a", [day(1)], ["x1"])
+    record = catalog(config.serving_dir, config)  # what the run reads
+    log_file(config, "b", [day(1, 13)], ["x2"])  # lands after: not read by this run
+    rows = read_served(config.serving_dir, config, day(1, 0), day(2, 0), ["2026-01-01"], record)
+    record_ingested(config.serving_dir, ["2026-01-01"], record)
+    assert rows[config.dataset.id].to_list() == ["x1"]
+    assert pending_partitions(config.serving_dir, config) == {"2026-01-01"}  # b's rows
 
 
 def test_a_stale_endpoint_file_is_reported_unreachable_not_trusted(config):
