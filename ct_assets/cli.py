@@ -77,6 +77,7 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from ct_assets.lib import simulator
     from ct_assets.lib.config import record_simulated_days
     from ct_assets.lib.files import discover
+    from ct_assets.lib.progress import Progress, wanted
 
     if config.dataset.source != "simulator":
         raise ConfigError(f"{config.path}: dataset.source is {config.dataset.source!r}; "
@@ -88,10 +89,19 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         drift_start = start + dt.timedelta(days=offset)
     scenario = simulator.DriftScenario(kind=args.drift, start=drift_start)
     fresh = not discover(config.landing_dir)
-    paths = simulator.write_days(config.landing_dir, start=start, days=args.days,
-                                 rows_per_day=args.rows_per_day, seed=args.seed, drift=scenario,
-                                 labels_dir=config.labels_dir,
-                                 label_delay=config.triggers.label_delay)
+    delay = config.triggers.label_delay
+
+    def landed(day: dt.date, written: list[Path]) -> None:
+        labels = any(path.name.startswith("labels_") for path in written)
+        progress.done(f"{args.rows_per_day} rows" + (
+            f", labels of {day - dt.timedelta(days=delay)}" if labels else ""),
+            name=day.isoformat())
+
+    with Progress(args.days, enabled=wanted(args.json)) as progress:
+        paths = simulator.write_days(config.landing_dir, start=start, days=args.days,
+                                     rows_per_day=args.rows_per_day, seed=args.seed,
+                                     drift=scenario, labels_dir=config.labels_dir,
+                                     label_delay=delay, on_day=landed)
     # An unset partitions.start starts at the simulated history (see PartitionsConfig).
     record_simulated_days(config.storage_dir, start,
                           start + dt.timedelta(days=args.days - 1), fresh=fresh)
@@ -116,10 +126,11 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """Ingest what has landed and build features, in-process, then print a summary."""
+    from ct_assets.lib.progress import wanted
     from ct_assets.runner import run_pipeline
 
     prepare_dagster_home(config)
-    summary = run_pipeline(config, rebuild=args.all, progress=not args.json)
+    summary = run_pipeline(config, rebuild=args.all, progress=wanted(args.json))
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -319,10 +330,12 @@ def _record_deployment(config: Config, record: dict, outcome: str) -> None:
 def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
     """Replay the landed history through each retraining policy; print the policies table."""
     from ct_assets.lib.backtest import backtest, chart_png, results_table
+    from ct_assets.lib.progress import Progress, wanted
     from ct_assets.lib.reports import text_table
 
     policies = [name.strip() for name in args.policies.split(",")] if args.policies else None
-    results, replay = backtest(config, policies, every=args.every)
+    with Progress(enabled=wanted(args.json)) as progress:
+        results, replay = backtest(config, policies, every=args.every, progress=progress)
     metric = str(config.gate.metric)
     rows = results_table(results, metric)
     keys = replay.history.keys

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +19,7 @@ from ct_assets.defs.training import SKIPPED_KEY
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, contiguous_ranges, landed_partitions
 from ct_assets.lib.model_store import ModelStore
+from ct_assets.lib.progress import Progress
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.served import pending_partitions
@@ -38,18 +39,18 @@ LOG_LEVEL = os.environ.get("CT_LOG_LEVEL", "CRITICAL").upper()
 
 
 class _Runner:
-    """Runs jobs in-process against one instance, printing progress and recording each run."""
+    """Runs jobs in-process against one instance, showing progress and recording each run."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, progress: bool):
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, progress: Progress,
+                 ordered: list[str]):
         self.defs, self.instance, self.progress = defs, instance, progress
+        self.ordered = ordered
         self.runs: list[dict] = []
 
     def run(self, job_name: str, label: str, tags: dict[str, str]) -> dict:
         """Run one job; its record: `outcome` ok, skipped, rejected (the gate said no) or failed."""
         began = time.perf_counter()
-        if self.progress:
-            print(f"[{len(self.runs) + 1}] {job_name} {label}", end="", file=sys.stderr,
-                  flush=True)
+        self.progress.start(f"{job_name} {label}")
         result = self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, resources=self.defs.resources, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}},
@@ -59,18 +60,22 @@ class _Runner:
         record = {"job": job_name, "what": label, "run_id": result.run_id,
                   "success": result.success, "seconds": round(seconds, 2), **run_outcome(result)}
         self.runs.append(record)
-        if self.progress:
-            said = {"ok": "ok", "skipped": "SKIPPED", "rejected": "REJECTED",
-                    "failed": "FAILED"}[record["outcome"]]
-            print(f"  {said} in {seconds:.1f}s", file=sys.stderr)
-            if record.get("message"):
-                print(f"    {record['message']}", file=sys.stderr)
+        self.progress.done({"ok": "ok", "skipped": "SKIPPED", "rejected": "REJECTED",
+                            "failed": "FAILED"}[record["outcome"]])
+        if record.get("message"):
+            self.progress.say(f"    {record['message']}")
         return record
 
-    def partitioned(self, job_name: str, keys: set[str], ordered: list[str]) -> None:
-        for first, last in contiguous_ranges(keys, ordered):
+    def partitioned(self, job_name: str, keys: set[str]) -> None:
+        """One run of `job_name` per contiguous range of `keys`."""
+        for first, last in contiguous_ranges(keys, self.ordered):
             self.run(job_name, f"{first} … {last}",
                      {RANGE_START_TAG: first, RANGE_END_TAG: last})
+
+    def expect(self, planned: list[tuple[str, set[str]]], more: int = 0) -> None:
+        """The total: the runs done, those `planned` (one per contiguous range), and `more`."""
+        self.progress.total = len(self.runs) + more + sum(
+            len(contiguous_ranges(keys, self.ordered)) for _, keys in planned)
 
 
 def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True) -> dict:
@@ -89,7 +94,10 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
        instance, and the retrain they ask for is run, tagged with its reason.
 
     Runs are recorded in the Dagster instance of `$DAGSTER_HOME`, so the UI shows them like
-    daemon-launched runs.
+    daemon-launched runs. With `progress`, each run's line goes to stderr (under a bar on a
+    terminal, `lib.progress`). The total is known before the first run: steps 1 to 3, the
+    monitoring planned as if ingestion and the first model succeed (and counted again when it
+    starts); a retrain the triggers ask for is added when they are evaluated.
 
     Returns:
         A summary: the runs, failures, per-partition row counts and the deployed model.
@@ -98,32 +106,45 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     partitions_def = defs.resolve_job_def("data_job").partitions_def
     assert partitions_def is not None
     store = ModelStore(config.models_dir)
-    with dg.DagsterInstance.get() as instance:
-        runner = _Runner(defs, instance, progress)
-        landed, pending = landed_partitions(config, FileCatalog(config.landing_catalog_path))
+    with dg.DagsterInstance.get() as instance, \
+            Progress(enabled=progress, keep=True) as shown:
         ordered = partitions_def.get_partition_keys()
+        runner = _Runner(defs, instance, shown, ordered)
+        landed, pending = landed_partitions(config, FileCatalog(config.landing_catalog_path))
         done = _materialized(instance, "raw_events")
         ingest = landed if rebuild else pending | (landed - done)
-        runner.partitioned("data_job", ingest, ordered)
         # Late rows change the recent means of the next `features.lookback` partitions.
         following = partitions_after(ingest, ordered, config.features.lookback) & (done - ingest)
-        runner.partitioned("features_job", following, ordered)
-        if store.deployed() is not None:  # rows `ct serve` answered, before their labels
-            runner.partitioned(SERVED_JOB, pending_partitions(config.serving_dir, config)
-                               & set(ordered), ordered)
-        fresh_labels: set[str] = set()
-        if config.dataset.labels is not None:
-            arrived, changed = landed_partitions(
-                config, FileCatalog(config.labels_catalog_path), labels=True)
-            fresh_labels = arrived if rebuild else changed | (
-                arrived - _materialized(instance, "labels"))
-            runner.partitioned("labels_job", fresh_labels, ordered)
-        if store.deployed() is None and landed:
+        served = (pending_partitions(config.serving_dir, config) & set(ordered)  # rows `ct serve`
+                  if store.deployed() is not None else set())  # answered, before their labels
+        fresh_labels = _fresh_labels(config, instance, rebuild)
+        ingestion = [("data_job", ingest), ("features_job", following), (SERVED_JOB, served),
+                     ("labels_job", fresh_labels)]
+        initial = store.deployed() is None and bool(landed)
+        taken_in = {"labels": fresh_labels, "served_predictions": served}  # by `ingestion`
+
+        def after_ingestion(asset: str) -> set[str]:
+            return _materialized(instance, asset) | taken_in.get(asset, set())
+
+        planned = (_monitoring(config, after_ingestion, landed, ingest | following, ordered,
+                               fresh_labels) if store.deployed() is not None or initial else [])
+        runner.expect(ingestion + planned, more=int(initial))
+        for job, keys in ingestion:
+            runner.partitioned(job, keys)
+        if initial:
             runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
-        if store.deployed() is not None:
-            _monitor(runner, config, landed, ingest | following, ordered, fresh_labels)
+        if store.deployed() is None:
+            runner.expect([])  # no model (rejected, or it failed): nothing to monitor
+        else:
+            monitoring = _monitoring(config, lambda asset: _materialized(instance, asset),
+                                     landed, ingest | following, ordered, fresh_labels)
+            runner.expect(monitoring)
+            for job, keys in monitoring:
+                runner.partitioned(job, keys)
+            shown.start("evaluating the retrain triggers")
             triggers = evaluate_triggers(defs, instance, config)
             if triggers.requests:
+                runner.expect([], more=1)
                 request = triggers.requests[0]  # one retrain per pass: it trains on every
                 reason = request.tags[REASON_TAG]  # landed partition, so it answers them all
                 detail = request.tags.get(DETAIL_TAG, "")
@@ -154,41 +175,51 @@ def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
     return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
 
 
-def _monitor(runner: _Runner, config: Config, landed: set[str], ingested: set[str],
-             ordered: list[str], fresh_labels: set[str]) -> None:
-    """Score, check drift and measure performance where it is missing or out of date.
+def _fresh_labels(config: Config, instance: dg.DagsterInstance, rebuild: bool) -> set[str]:
+    """Partitions whose labels landed or changed since `labels` took them in (all: `rebuild`)."""
+    if config.dataset.labels is None:
+        return set()
+    arrived, changed = landed_partitions(config, FileCatalog(config.labels_catalog_path),
+                                         labels=True)
+    return arrived if rebuild else changed | (arrived - _materialized(instance, "labels"))
+
+
+def _monitoring(config: Config, materialized: Callable[[str], set[str]], landed: set[str],
+                ingested: set[str], ordered: list[str], fresh_labels: set[str]
+                ) -> list[tuple[str, set[str]]]:
+    """The monitoring runs due: scoring, drift and performance where missing or out of date.
 
     A partition's performance is measured once its labels are known (the partition
     `label_delay` later has landed: its data, or with `dataset.labels` its labels), and
-    measured again when its rows or labels changed.
+    measured again when its rows or labels changed. `materialized(asset)` is the partitions
+    of `asset` materialized (before ingestion runs: those they will add, to plan the total).
+
+    Returns:
+        (job, partitions) in the order to run them.
     """
-    instance = runner.instance
     fresh = ingested & landed
     # With `drift.on: served`, drift is judged on served rows, as `served_job` takes them in.
     jobs = [("scoring_job", "predictions")] + (
         [("drift_job", "drift_report")] if config.drift.on == "landed" else [])
-    for job, asset in jobs:
-        runner.partitioned(job, (landed - _materialized(instance, asset)) | fresh, ordered)
+    planned = [(job, (landed - materialized(asset)) | fresh) for job, asset in jobs]
     delay = config.triggers.label_delay
     separate = config.dataset.labels is not None
-    clock = _materialized(instance, "labels") if separate else landed
+    clock = materialized("labels") if separate else landed
     position = {key: index for index, key in enumerate(ordered)}
 
     def window(key: str) -> set[str]:  # the partitions whose labels count for `key`
         return set(ordered[position[key]:position[key] + delay + 1])
 
     # What performance is measured on: landed partitions, or those `ct serve` answered rows in.
-    scored = (_materialized(instance, "served_predictions") if config.drift.on == "served"
-              else landed)
+    scored = materialized("served_predictions") if config.drift.on == "served" else landed
     labelled = {key for key in scored if key in position and position[key] + delay < len(ordered)
                 and ordered[position[key] + delay] in clock}
-    measured = _materialized(instance, "model_performance")
+    measured = materialized("model_performance")
     relabelled = {key for key in labelled if window(key) & fresh_labels}
-    runner.partitioned("performance_job",
-                       (labelled - measured) | (fresh & labelled) | relabelled, ordered)
+    planned.append(("performance_job", (labelled - measured) | (fresh & labelled) | relabelled))
     if config.training.strategy == "online":  # learn each newly labelled partition once
-        runner.partitioned("online_job", labelled - _materialized(instance, "model_update"),
-                           ordered)
+        planned.append(("online_job", labelled - materialized("model_update")))
+    return planned
 
 
 def run_outcome(result: dg.ExecuteInProcessResult) -> dict[str, str]:

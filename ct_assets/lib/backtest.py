@@ -47,6 +47,7 @@ from ct_assets.lib.monitoring import (
     partition_drift,
     performance_alarm,
 )
+from ct_assets.lib.progress import Progress
 from ct_assets.lib.training import TrainedModel, encode_labels
 from ct_assets.lib.training_set import apply_plan, choose_reference, plan_training_set
 from ct_assets.lib.triggers import cooldown_reason, followup_due
@@ -211,8 +212,13 @@ class Replay:
         raise ValueError(f"the history never holds training.window ({window}) labelled "
                          "partitions, or the first model never passes the gate")
 
-    def run(self, policy: str) -> PolicyResult:
-        """Replay one policy from the first model to the end of the history."""
+    def run(self, policy: str, progress: Progress | None = None) -> PolicyResult:
+        """Replay one policy from the first model to the end of the history.
+
+        Each partition is a step of `progress`, named `policy partition`, its note what the
+        policy did at its end (a retrain, a refusal, an event skipped in the cooldown).
+        """
+        progress = progress if progress is not None else Progress(enabled=False)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; expected one of "
                              f"{', '.join(POLICIES)}")
@@ -229,6 +235,7 @@ class Replay:
         began = time.perf_counter()
         for step in range(self.first + 1, len(keys)):
             key = keys[step]
+            progress.start(f"{policy} {key}")
             rows = self.known_by(key, self.part(key))
             if rows.height:
                 scored[key] = (deployed, deployed.model.predict(rows))
@@ -278,6 +285,7 @@ class Replay:
                 for kind, partition in events:
                     result.events.append({"partition": partition, "event": kind,
                                           "action": "skipped (cooldown)"})
+                progress.done(", ".join(f"{kind} skipped (cooldown)" for kind, _ in events))
                 continue
             deployed, approved = self.retrain(step, deployed, reason, change)
             result.events.append({"partition": key, "event": reason,
@@ -288,6 +296,7 @@ class Replay:
                 result.refusals += 1
             if change is not None:
                 last_change = change
+            progress.done(f"{reason}: {'retrained' if approved else 'refused by the gate'}")
         result.seconds = time.perf_counter() - began
         if pooled_y:
             y, scores = np.concatenate(pooled_y), np.concatenate(pooled_scores)
@@ -330,9 +339,12 @@ class Replay:
                                   deployed.profiles, deployed.regime)
 
 
-def backtest(config: Config, policies: list[str] | None = None, *, every: int = 7
-             ) -> tuple[list[PolicyResult], Replay]:
+def backtest(config: Config, policies: list[str] | None = None, *, every: int = 7,
+             progress: Progress | None = None) -> tuple[list[PolicyResult], Replay]:
     """Replay each policy over the landed history (in a scratch directory).
+
+    `progress` counts one step per policy and replayed partition (its total known once the
+    history is read and the first model trained, which it names while they run).
 
     Returns:
         One result per policy, in the order asked, and the replay (history, first step).
@@ -342,10 +354,20 @@ def backtest(config: Config, policies: list[str] | None = None, *, every: int = 
     if unknown:
         raise ValueError(f"unknown policy {', '.join(map(repr, unknown))}; expected one of "
                          f"{', '.join(POLICIES)}")
+    progress = progress if progress is not None else Progress(enabled=False)
+    began = time.perf_counter()
+    progress.start("reading the landed history")
     with tempfile.TemporaryDirectory(prefix="ct-backtest-") as scratch:
         history = load_history(config, Path(scratch))
+    progress.start("training the first model")
     replay = Replay(history, config, every)
-    return [replay.run(policy) for policy in chosen], replay
+    keys, steps = history.keys, len(history.keys) - replay.first - 1
+    progress.say(f"history {keys[0]} … {keys[-1]} read and a first model trained at the end "
+                 f"of {keys[replay.first]} in {time.perf_counter() - began:.1f} s; "
+                 f"replaying {steps} partitions for each of {len(chosen)} "
+                 f"polic{'y' if len(chosen) == 1 else 'ies'}")
+    progress.total = steps * len(chosen)
+    return [replay.run(policy, progress) for policy in chosen], replay
 
 
 def results_table(results: list[PolicyResult], metric: str) -> list[dict[str, Any]]:

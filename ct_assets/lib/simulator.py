@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def simulate_day(day: dt.date, rows: int, *, seed: int = 0,
 
 def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: int,
                seed: int = 0, drift: DriftScenario = DriftScenario(),
-               labels_dir: Path | None = None, label_delay: int = 0) -> list[Path]:
+               labels_dir: Path | None = None, label_delay: int = 0,
+               on_day: Callable[[dt.date, list[Path]], None] | None = None) -> list[Path]:
     """Write one Parquet file per day, `transactions_<YYYY-MM-DD>.parquet`, atomically.
 
     Each file is written under a hidden temporary name (`.<name>.<pid>.tmp`) in the same
@@ -205,6 +207,7 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
         drift: The drift scenario, as for `simulate_day`.
         labels_dir: Where label files land; None keeps the label in the transaction files.
         label_delay: Days between a transaction and the arrival of its label.
+        on_day: Called after each day is written, with the day and its paths (progress).
 
     Returns:
         The paths written, in day order (label files after the transaction file of their day).
@@ -214,24 +217,29 @@ def write_days(landing_dir: Path, *, start: dt.date, days: int, rows_per_day: in
     simulated: dict[dt.date, pl.DataFrame] = {}  # days of this call, for their later labels
     for offset in range(days):
         day = start + dt.timedelta(days=offset)
+        before = len(written)
         frame = simulate_day(day, rows_per_day, seed=seed, drift=drift)
         if labels_dir is None:
             written.append(_write_atomic(frame, landing_dir / f"transactions_{day}.parquet"))
-            continue
-        written.append(_write_atomic(frame.drop(TARGET_COLUMN),
-                                     landing_dir / f"transactions_{day}.parquet"))
-        simulated[day] = frame  # kept until its labels land, `label_delay` days on
-        labelled_day = day - dt.timedelta(days=label_delay)
-        if labelled_day < start and not (landing_dir /
+        else:
+            written.append(_write_atomic(frame.drop(TARGET_COLUMN),
+                                         landing_dir / f"transactions_{day}.parquet"))
+            simulated[day] = frame  # kept until its labels land, `label_delay` days on
+            labelled_day = day - dt.timedelta(days=label_delay)
+            # Labels only for a day whose transactions landed (in this call or an earlier one).
+            if labelled_day >= start or (landing_dir /
                                          f"transactions_{labelled_day}.parquet").exists():
-            continue  # that day's transactions never landed: there is nothing to label
-        labelled = simulated.pop(labelled_day, None)
-        if labelled is None:  # landed by an earlier call: the same day again (deterministic)
-            labelled = simulate_day(labelled_day, rows_per_day, seed=seed, drift=drift)
-        labels = labelled.select(
-            ID_COLUMN, TARGET_COLUMN,
-            (pl.col(TIMESTAMP_COLUMN) + dt.timedelta(days=label_delay)).alias(KNOWN_AT_COLUMN))
-        written.append(_write_atomic(labels, Path(labels_dir) / f"labels_{day}.parquet"))
+                labelled = simulated.pop(labelled_day, None)
+                if labelled is None:  # landed by an earlier call: the same day again
+                    labelled = simulate_day(labelled_day, rows_per_day, seed=seed, drift=drift)
+                labels = labelled.select(
+                    ID_COLUMN, TARGET_COLUMN,
+                    (pl.col(TIMESTAMP_COLUMN) + dt.timedelta(days=label_delay))
+                    .alias(KNOWN_AT_COLUMN))
+                written.append(_write_atomic(labels,
+                                             Path(labels_dir) / f"labels_{day}.parquet"))
+        if on_day is not None:
+            on_day(day, written[before:])
     return written
 
 
