@@ -47,14 +47,20 @@ class _Runner:
         self.ordered = ordered
         self.runs: list[dict] = []
 
-    def run(self, job_name: str, label: str, tags: dict[str, str]) -> dict:
-        """Run one job; its record: `outcome` ok, skipped, rejected (the gate said no) or failed."""
+    def run(self, job_name: str, label: str, tags: dict[str, str],
+            assets: tuple[str, ...] | None = None) -> dict:
+        """Run one job, or only its `assets`.
+
+        Returns:
+            Its record: `outcome` ok, skipped, rejected (the gate said no) or failed.
+        """
         began = time.perf_counter()
         self.progress.start(f"{job_name} {label}")
         result = self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, resources=self.defs.resources, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}},
             tags=tags,
+            asset_selection=[dg.AssetKey(asset) for asset in assets] if assets else None,
         )
         seconds = time.perf_counter() - began
         record = {"job": job_name, "what": label, "run_id": result.run_id,
@@ -66,11 +72,12 @@ class _Runner:
             self.progress.say(f"    {record['message']}")
         return record
 
-    def partitioned(self, job_name: str, keys: set[str]) -> None:
-        """One run of `job_name` per contiguous range of `keys`."""
+    def partitioned(self, job_name: str, keys: set[str],
+                    assets: tuple[str, ...] | None = None) -> None:
+        """One run of `job_name` (of its `assets`) per contiguous range of `keys`."""
         for first, last in contiguous_ranges(keys, self.ordered):
             self.run(job_name, f"{first} … {last}",
-                     {RANGE_START_TAG: first, RANGE_END_TAG: last})
+                     {RANGE_START_TAG: first, RANGE_END_TAG: last}, assets)
 
     def expect(self, planned: list[tuple[str, set[str]]], more: int = 0) -> None:
         """The total: the runs done, those `planned` (one per contiguous range), and `more`."""
@@ -84,8 +91,10 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     1. every landed partition whose files differ from those its last ingestion took in (the
        file catalog's record, which the landing and label sensors read too, so the daemon
        does not ingest again what this pass did) is ingested and featurised (`data_job`, one
-       run and one scan per contiguous range); rows `ct serve` answered and not yet taken in
-       are (`served_job`), and labels that landed (`labels_job`);
+       run and one scan per contiguous range; once a model is deployed, `landing_job`, which
+       scores them and judges their drift in the same run, as `landing_sensor` does); rows
+       `ct serve` answered and not yet taken in are (`served_job`), and labels that landed
+       (`labels_job`);
     2. when no model is deployed yet, `retrain_job` trains, validates and promotes one
        (reason `initial`);
     3. partitions without predictions, drift reports or (once labels are known) performance
@@ -118,26 +127,34 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
         served = (pending_partitions(config.serving_dir, config) & set(ordered)  # rows `ct serve`
                   if store.deployed() is not None else set())  # answered, before their labels
         fresh_labels = _fresh_labels(config, instance, rebuild)
-        ingestion = [("data_job", ingest), ("features_job", following), (SERVED_JOB, served),
+        # With a model deployed, what lands is scored (and its drift judged) in the run that
+        # ingests it, as `landing_sensor` does: one run per range instead of three.
+        scored_on_landing = landing_monitors(config) if store.deployed() is not None else ()
+        landing_job = "landing_job" if scored_on_landing else "data_job"
+        ingestion = [(landing_job, ingest), ("features_job", following), (SERVED_JOB, served),
                      ("labels_job", fresh_labels)]
         initial = store.deployed() is None and bool(landed)
-        taken_in = {"labels": fresh_labels, "served_predictions": served}  # by `ingestion`
+        taken_in = {"labels": fresh_labels, "served_predictions": served,  # by `ingestion`
+                    **{asset: ingest for asset in scored_on_landing}}
 
         def after_ingestion(asset: str) -> set[str]:
             return _materialized(instance, asset) | taken_in.get(asset, set())
 
+        scored = ingest if scored_on_landing else set()
         planned = (_monitoring(config, after_ingestion, landed, ingest | following, ordered,
-                               fresh_labels) if store.deployed() is not None or initial else [])
+                               fresh_labels, scored)
+                   if store.deployed() is not None or initial else [])
         runner.expect(ingestion + planned, more=int(initial))
         for job, keys in ingestion:
-            runner.partitioned(job, keys)
+            runner.partitioned(job, keys, ("raw_events", "features", *scored_on_landing)
+                               if job == "landing_job" else None)
         if initial:
             runner.run("retrain_job", "(no model deployed yet)", {REASON_TAG: "initial"})
         if store.deployed() is None:
             runner.expect([])  # no model (rejected, or it failed): nothing to monitor
         else:
             monitoring = _monitoring(config, lambda asset: _materialized(instance, asset),
-                                     landed, ingest | following, ordered, fresh_labels)
+                                     landed, ingest | following, ordered, fresh_labels, scored)
             runner.expect(monitoring)
             for job, keys in monitoring:
                 runner.partitioned(job, keys)
@@ -164,6 +181,14 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
             "sample_predictions": sample_predictions(config)}
 
 
+def landing_monitors(config: Config) -> tuple[str, ...]:
+    """What a deployed model makes of newly landed partitions, in the run that ingests them.
+
+    Their scores and, unless drift is judged on served rows (`drift.on: served`), their drift.
+    """
+    return ("predictions", "drift_report") if config.drift.on == "landed" else ("predictions",)
+
+
 def partitions_after(keys: set[str], ordered: list[str], count: int) -> set[str]:
     """The `count` partitions after each of `keys` (in `ordered`), which read them."""
     position = {key: index for index, key in enumerate(ordered)}
@@ -185,14 +210,15 @@ def _fresh_labels(config: Config, instance: dg.DagsterInstance, rebuild: bool) -
 
 
 def _monitoring(config: Config, materialized: Callable[[str], set[str]], landed: set[str],
-                ingested: set[str], ordered: list[str], fresh_labels: set[str]
-                ) -> list[tuple[str, set[str]]]:
+                ingested: set[str], ordered: list[str], fresh_labels: set[str],
+                scored: set[str]) -> list[tuple[str, set[str]]]:
     """The monitoring runs due: scoring, drift and performance where missing or out of date.
 
     A partition's performance is measured once its labels are known (the partition
     `label_delay` later has landed: its data, or with `dataset.labels` its labels), and
     measured again when its rows or labels changed. `materialized(asset)` is the partitions
-    of `asset` materialized (before ingestion runs: those they will add, to plan the total).
+    of `asset` materialized (before ingestion runs: those they will add, to plan the total);
+    `scored` the ingested partitions `landing_job` scored and judged in the run ingesting them.
 
     Returns:
         (job, partitions) in the order to run them.
@@ -201,7 +227,7 @@ def _monitoring(config: Config, materialized: Callable[[str], set[str]], landed:
     # With `drift.on: served`, drift is judged on served rows, as `served_job` takes them in.
     jobs = [("scoring_job", "predictions")] + (
         [("drift_job", "drift_report")] if config.drift.on == "landed" else [])
-    planned = [(job, (landed - materialized(asset)) | fresh) for job, asset in jobs]
+    planned = [(job, (landed - materialized(asset)) | (fresh - scored)) for job, asset in jobs]
     delay = config.triggers.label_delay
     separate = config.dataset.labels is not None
     clock = materialized("labels") if separate else landed
