@@ -110,18 +110,62 @@ def calibration_table(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> pl.D
 def bootstrap_interval(y: np.ndarray, scores: np.ndarray, task: str, metric: str, *,
                        resamples: int = 200, seed: int = 0, level: float = 0.95
                        ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of one metric."""
+    """Percentile bootstrap confidence interval of one metric.
+
+    ROC AUC and PR AUC (the usual gate metrics) are computed from each resample's row counts on
+    the scores sorted once (`_ranked_auc`), the same values as scikit-learn's on the resampled
+    rows at a fraction of the cost; other metrics are computed on the resampled rows.
+    """
     rng = np.random.default_rng(seed)
+    ranked = _RankedScores(y, scores) if task == "binary" and metric in _RANKED else None
     values = []
     for _ in range(resamples):
         index = rng.integers(0, len(y), len(y))
-        value = metric_value(y[index], scores[index], task, metric)
+        if ranked is not None:
+            value = ranked.metric(np.bincount(index, minlength=len(y)), metric)
+        else:
+            value = metric_value(y[index], scores[index], task, metric)
         if math.isfinite(value):
             values.append(value)
     if not values:
         return math.nan, math.nan
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+_RANKED = ("roc_auc", "pr_auc")
+
+
+class _RankedScores:
+    """Binary scores grouped by distinct value once, for AUCs of reweighted rows.
+
+    ROC AUC and average precision of any reweighting of the rows (a bootstrap resample's
+    counts) cost two `bincount`s. With rows repeated `weights` times, both equal
+    scikit-learn's `roc_auc_score` (ties count one half) and `average_precision_score` (one
+    step per distinct score) on the repeated rows.
+    """
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray):
+        self.unique, self.group = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
+        self.positive = np.asarray(y) == 1
+
+    def metric(self, weights: np.ndarray, metric: str) -> float:
+        groups = len(self.unique)
+        pos = np.bincount(self.group, weights=weights * self.positive, minlength=groups)
+        neg = np.bincount(self.group, weights=weights * ~self.positive, minlength=groups)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            return math.nan
+        if metric == "roc_auc":  # ascending scores: negatives below each positive, ties half
+            below = np.cumsum(neg) - neg
+            return float(np.sum(pos * (below + 0.5 * neg)) / (total_pos * total_neg))
+        # average precision: thresholds from the highest score down
+        tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
+        present = (pos[::-1] + neg[::-1]) > 0
+        tp, fp = tp[present], fp[present]
+        precision = tp / (tp + fp)
+        recall_steps = np.diff(np.concatenate(([0.0], tp / total_pos)))
+        return float(np.sum(recall_steps * precision))
 
 
 @dataclass

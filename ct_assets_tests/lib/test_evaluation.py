@@ -274,6 +274,32 @@ def test_bootstrap_interval_is_deterministic_for_a_seed_and_narrows_with_level()
     assert wide[0] <= first[0] <= narrow[0] < narrow[1] <= first[1] <= wide[1]
 
 
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc"])
+def test_bootstrap_resamples_score_as_scikit_learn_does_on_the_resampled_rows(metric):
+    """The counts-based AUC of each resample is scikit-learn's on the rows it draws, ties and
+    all, so the interval is the one resampling the rows would give."""
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        rows = int(rng.integers(2, 300))
+        y = (rng.random(rows) < rng.uniform(0.02, 0.5)).astype(int)
+        scores = np.round(rng.random(rows), int(rng.integers(1, 4)))  # many tied scores
+        seed = int(rng.integers(0, 1000))
+        draws = np.random.default_rng(seed)
+        expected = []
+        for _ in range(30):
+            index = draws.integers(0, rows, rows)
+            if len(np.unique(y[index])) == 2:
+                score = (metrics.roc_auc_score if metric == "roc_auc"
+                         else metrics.average_precision_score)
+                expected.append(score(y[index], scores[index]))
+        got = bootstrap_interval(y, scores, "binary", metric, resamples=30, seed=seed)
+        if not expected:
+            assert all(math.isnan(value) for value in got)
+            continue
+        assert got == pytest.approx((np.percentile(expected, 2.5), np.percentile(expected, 97.5)),
+                                    abs=1e-12)
+
+
 def test_bootstrap_interval_regression():
     rng = np.random.default_rng(3)
     truth = rng.normal(0, 1, 300)
