@@ -404,8 +404,23 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     """
     from ct_assets.lib.ingest import check_columns_in_data
 
-    check_columns_in_data(config)
-    print(f"{config.path or 'config'}: every declared column is in the landed data")
+    check_columns_in_data(config)  # `main` has pinned an omitted `dataset.columns` (ct schema)
+    pinned = config.dataset.columns_pinned_in
+    what = f"column of the schema pinned in {pinned}" if pinned else "declared column"
+    print(f"{config.path or 'config'}: every {what} is in the landed data")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, config: Config) -> int:
+    """Print the schema in force as the `columns:` block to paste under `dataset:` in ct.yaml.
+
+    With `dataset.columns` left out, it is the pinned schema, inferred from the landed files
+    and pinned first when none is (by `main`, see `ct_assets.lib.schema`); nothing landed yet
+    is a one-line error.
+    """
+    from ct_assets.lib.schema import schema_yaml
+
+    print(schema_yaml(config), end="")
     return 0
 
 
@@ -491,9 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check the config's columns against landed data")
     check.set_defaults(handler=cmd_check)
 
+    schema = commands.add_parser("schema", help="print the dataset's columns as YAML for "
+                                                "ct.yaml (inferred and pinned if omitted)")
+    schema.set_defaults(handler=cmd_schema)
+
     home = commands.add_parser("home", help="print (and create) this project's DAGSTER_HOME")
     home.set_defaults(handler=cmd_home)
     return parser
+
+
+# Commands that read the dataset's columns. With `dataset.columns` left out and no schema
+# pinned, they infer it from the landed files and pin it first (`ensure_schema`); True: nothing
+# landed yet is an error, False: they go on without columns (there is nothing to ingest).
+NEEDS_COLUMNS = {"schema": True, "check": True, "run": False, "backtest": False,
+                 "serve": False, "rollback": False, "package": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Config], int] = args.handler
     try:
         config = load_config(args.config)
+        if args.command in NEEDS_COLUMNS:  # an omitted dataset.columns: inferred and pinned
+            from ct_assets.lib.schema import ensure_schema
+
+            config = ensure_schema(config, required=NEEDS_COLUMNS[args.command])
         return handler(args, config)
     except (ConfigError, ValueError, OSError, LookupError, ModelStoreError) as error:
         message = " ".join(str(error).split())

@@ -21,14 +21,19 @@ from ct_assets.lib.partition_figures import (
 )
 from ct_assets.lib.quality import RAW_EVENTS_CHECKS, check_raw_events
 from ct_assets.lib.reports import markdown_table
+from ct_assets.lib.schema import bind_schema
 from ct_assets.lib.validation import PARTITION
 
 
 def build_ingest_assets(
     config: Config, partitions_def: dg.PartitionsDefinition
 ) -> list[dg.AssetsDefinition]:
-    """The `raw_events` asset for this configuration."""
-    dataset = config.dataset
+    """The `raw_events` asset for this configuration.
+
+    With `dataset.columns` left out and no schema pinned when the definitions loaded, the
+    first `raw_events` run infers and pins it (`bind_schema`), so the definitions load before
+    any file has landed; the later steps of that run read the same columns.
+    """
 
     @dg.asset(
         partitions_def=partitions_def,
@@ -55,8 +60,16 @@ def build_ingest_assets(
 
         Each partition's materialization carries its own rows, quarantined rows and null
         rates; the `run_*` entries describe the run's scan as a whole, and the checks judge
-        all the run's partitions at once (named in their `judged_partitions`).
+        all the run's partitions at once (named in their `judged_partitions`). Columns of a
+        file that the schema does not have are left out, named in `run_unknown_columns` and a
+        warning; its rows still land.
         """
+        if config.dataset.schema_pending:
+            bind_schema(config)
+            context.log.info(f"dataset.columns: the schema pinned in "
+                             f"{config.dataset.columns_pinned_in} (inferred from the landed "
+                             "files after these definitions loaded)")
+        dataset = config.dataset
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
         catalog = FileCatalog(config.landing_catalog_path)
@@ -71,6 +84,9 @@ def build_ingest_assets(
             result.good_files, result.present_files, result.rejected_files)
         for file, reason in result.rejected_files:
             context.log.warning(f"quarantined file {file.relpath}: {reason}")
+        for relpath, names in result.unknown_columns.items():
+            context.log.warning(f"file {relpath}: column(s) {', '.join(names)} not in the "
+                                f"schema ({_schema_origin(config)}): left out, its rows land")
         catalog.save()
         unplaced_count = sum(frame.height for frame in result.unplaced_rows.values())
         outcomes = check_raw_events(store, config, window.start, window.end,
@@ -86,6 +102,9 @@ def build_ingest_assets(
                 "run_files_read": result.files_read,
                 "run_files_skipped": result.files_skipped,
                 "run_rejected": dg.MetadataValue.md(_rejections(result)),
+                "run_files_with_unknown_columns": len(result.unknown_columns),
+                "run_unknown_columns": dg.MetadataValue.md(_unknown_columns(result)),
+                "schema_source": _schema_origin(config),
                 "read_validate_seconds": round(result.timings["read_validate_s"], 3),
                 "write_seconds": round(written, 3),
             },
@@ -111,6 +130,22 @@ def _partition_figures(config: Config, keys: list[str], rows: pl.DataFrame,
                 "null_rates": rates}
 
     return {key: figures(key, landed) for key, landed in split_by_partition(rows, keys).items()}
+
+
+def _schema_origin(config: Config) -> str:
+    """Where the columns come from: the pinned schema file, or `ct.yaml`."""
+    pinned = config.dataset.columns_pinned_in
+    return f"pinned in {pinned}" if pinned else f"declared in {config.path or 'ct.yaml'}"
+
+
+def _unknown_columns(result: IngestResult) -> str:
+    """A Markdown table of the files read with columns the schema does not have."""
+    if not result.unknown_columns:
+        return "Every file read has only the schema's columns."
+    table = pl.DataFrame({"source_file": list(result.unknown_columns),
+                          "columns not in the schema (left out)": [
+                              ", ".join(names) for names in result.unknown_columns.values()]})
+    return markdown_table(table, max_rows=50)
 
 
 def _rejections(result: IngestResult) -> str:

@@ -6,6 +6,7 @@ relative to the config file. Errors are one line naming the file, the key and th
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -77,6 +78,10 @@ class ColumnSpec(_Section):
     allow_non_finite: bool = False
 
 
+# The target's type by task where the landed data does not say (pending, or labels elsewhere).
+PROVISIONAL_TARGET_TYPE = {"binary": "int", "multiclass": "string", "regression": "float"}
+
+
 def _column_spec(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
@@ -96,7 +101,13 @@ class LabelsConfig(_Section):
 
 
 class DatasetConfig(_Section):
-    """What the data is and where it lands."""
+    """What the data is and where it lands.
+
+    For `files`, `columns` may be left out: the schema is then inferred from the landed files
+    and pinned under `storage.dir` (`SCHEMA_FILE`, see `ct_assets.lib.schema`), and loading the
+    config reads it from there as if it were written here. Until it is pinned the dataset is
+    `schema_pending`: only the timestamp and the target are known.
+    """
 
     source: Literal["simulator", "files"]
     landing_dir: Path | None = None
@@ -111,6 +122,17 @@ class DatasetConfig(_Section):
     task: Literal["binary", "multiclass", "regression"] = "binary"
     delimiter: str = ","
     labels: LabelsConfig | None = None
+    _pinned_in: Path | None = PrivateAttr(default=None)
+
+    @property
+    def schema_pending(self) -> bool:
+        """Whether the columns are still unknown: `files` without `columns`, none pinned yet."""
+        return self.source == "files" and not self.columns
+
+    @property
+    def columns_pinned_in(self) -> Path | None:
+        """The pinned schema file the columns were read from (None: declared, or pending)."""
+        return self._pinned_in
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -134,11 +156,19 @@ class DatasetConfig(_Section):
             if not self.columns:
                 object.__setattr__(self, "columns", simulator_columns())
         else:
-            for key in ("timestamp", "target", "columns"):
+            for key in ("timestamp", "target"):
                 if not getattr(self, key):
                     raise ValueError(f"dataset.{key} is required when dataset.source is 'files'")
         if len(self.delimiter) != 1:
             raise ValueError(f"dataset.delimiter must be one character, got {self.delimiter!r}")
+        if self.labels is not None:
+            if self.id is None:
+                raise ValueError("dataset.labels needs dataset.id: labels are joined to their "
+                                 "rows by id")
+            object.__setattr__(self, "labels", self.labels.model_copy(update={
+                "id": self.labels.id or self.id, "label": self.labels.label or self.target}))
+        if self.schema_pending:
+            return self  # the columns named below are checked once the schema is pinned
         named = {"timestamp": self.timestamp, "target": self.target, "id": self.id,
                  "segment": self.segment}
         for key, column in named.items():
@@ -148,12 +178,6 @@ class DatasetConfig(_Section):
             for column in getattr(self, key):
                 if column not in self.columns:
                     raise ValueError(f"dataset.{key}: column {column!r} is not in dataset.columns")
-        if self.labels is not None:
-            if self.id is None:
-                raise ValueError("dataset.labels needs dataset.id: labels are joined to their "
-                                 "rows by id")
-            object.__setattr__(self, "labels", self.labels.model_copy(update={
-                "id": self.labels.id or self.id, "label": self.labels.label or self.target}))
         if self.columns[self.timestamp].type not in ("timestamp", "string"):
             raise ValueError(
                 f"dataset.columns.{self.timestamp}: the timestamp column must have type "
@@ -162,7 +186,16 @@ class DatasetConfig(_Section):
         return self
 
     def column_types(self) -> dict[str, str]:
-        """Declared logical type of every column; `categorical` columns become `category`."""
+        """Declared logical type of every column; `categorical` columns become `category`.
+
+        While the schema is pending, the timestamp, and the target and id with provisional
+        types (nothing is ingested until the schema is pinned, see `ct_assets.lib.schema`).
+        """
+        if self.schema_pending:
+            provisional = {str(self.target): PROVISIONAL_TARGET_TYPE[self.task]}
+            if self.id:
+                provisional[self.id] = "string"
+            return {**provisional, str(self.timestamp): "timestamp"}
         types = {name: spec.type for name, spec in self.columns.items()}
         types[self.timestamp] = "timestamp"
         for name in self.categorical:
@@ -202,7 +235,9 @@ class PartitionsConfig(_Section):
     `start` left out of `ct.yaml` is resolved when the file is loaded: for the simulator, the
     first day `ct simulate` or `ct demo` wrote (`simulated_days.json` under `storage.dir`, a
     record those commands keep; never the landed data), so there are no empty partitions
-    before the history; otherwise, and before anything was simulated, `DEFAULT_START`.
+    before the history; for `files` with a pinned schema (`SCHEMA_FILE`), the first day of the
+    data it was pinned from; otherwise, and before anything was simulated or pinned,
+    `DEFAULT_START`.
     """
 
     start: dt.date = DEFAULT_START
@@ -381,6 +416,22 @@ class Config(_Section):
     serving: ServingConfig = ServingConfig()
     storage: StorageConfig = StorageConfig()
     path: Path | None = None
+    # What `config_from_dict` was given (document, base dir, source), to load it again.
+    _origin: tuple[dict[str, Any], Path, str] | None = PrivateAttr(default=None)
+
+    def reloaded(self) -> Config:
+        """This configuration loaded again from the same document, reading what changed since.
+
+        A schema pinned since it was loaded is read (and a simulated history recorded).
+
+        Raises:
+            ConfigError: the configuration was not loaded by `config_from_dict`/`load_config`.
+        """
+        if self._origin is None:
+            raise ConfigError("this configuration was not loaded from a document")
+        raw, base_dir, source = self._origin
+        return config_from_dict(raw, base_dir=base_dir, source=source).model_copy(
+            update={"path": self.path})
 
     @model_validator(mode="after")
     def _check_metrics(self) -> Config:
@@ -423,6 +474,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_features(self) -> Config:
+        if self.dataset.schema_pending:
+            return self  # checked once the schema is pinned
         for column in self.relative_columns():
             if column not in self.dataset.columns:
                 raise ValueError(
@@ -528,11 +581,15 @@ def config_from_dict(raw: Any, *, base_dir: Path, source: str = "config") -> Con
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_error(source, error)) from None
+    config = _validated(raw, source)
     storage_dir = (base_dir / config.storage.dir).resolve()
+    pinned_in = None
+    if config.dataset.schema_pending:
+        pinned = read_pinned_schema(storage_dir)
+        if pinned is not None:  # as if the pinned columns were written in the file
+            pinned_in = storage_dir / SCHEMA_FILE
+            config = _validated(with_pinned_schema(raw, pinned),
+                                f"{source} (with the schema pinned in {pinned_in})")
     dataset = config.dataset
     landing = (base_dir / dataset.landing_dir).resolve() if dataset.landing_dir else None
     labels = dataset.labels
@@ -547,13 +604,78 @@ def config_from_dict(raw: Any, *, base_dir: Path, source: str = "config") -> Con
     partitions = config.partitions
     if "start" not in partitions.model_fields_set:
         partitions = resolve_start(partitions, dataset.source, storage_dir)
-    return config.model_copy(
+    dataset = dataset.model_copy(update={"landing_dir": landing, "labels": labels})
+    dataset._pinned_in = pinned_in
+    loaded = config.model_copy(
         update={
             "storage": StorageConfig(dir=storage_dir),
-            "dataset": dataset.model_copy(update={"landing_dir": landing, "labels": labels}),
+            "dataset": dataset,
             "partitions": partitions,
         }
     )
+    loaded._origin = (copy.deepcopy(raw), base_dir, source)
+    return loaded
+
+
+def _validated(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error)) from None
+
+
+# The schema inferred from the landed files when `dataset.columns` is left out, under
+# `storage.dir`; written once by `ct_assets.lib.schema.pin_schema`, read at every load.
+SCHEMA_FILE = "schema.json"
+
+
+def read_pinned_schema(storage_dir: Path) -> dict[str, Any] | None:
+    """The schema pinned under `storage_dir` (`SCHEMA_FILE`), or None when none is.
+
+    A small JSON file, never the landed data: loading the config stays cheap.
+
+    Raises:
+        ConfigError: the file exists but is not a pinned schema (naming it).
+    """
+    path = storage_dir / SCHEMA_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("columns"), dict) \
+            or not record["columns"]:
+        raise ConfigError(f"{path}: not a pinned schema (a JSON object with `columns`); delete "
+                          "it to infer the schema again from the landed files, or declare "
+                          "dataset.columns in ct.yaml")
+    return record
+
+
+def with_pinned_schema(raw: dict[str, Any], pinned: dict[str, Any]) -> dict[str, Any]:
+    """The parsed config `raw` with the pinned columns (and task, unless `raw` sets one)."""
+    dataset = dict(raw["dataset"])
+    dataset["columns"] = pinned["columns"]
+    if "task" not in dataset and pinned.get("task"):
+        dataset["task"] = pinned["task"]
+    return {**raw, "dataset": dataset}
+
+
+def pinned_first_day(storage_dir: Path) -> dt.date | None:
+    """The first day of the data the schema was pinned from, or None (no schema pinned).
+
+    Raises:
+        ConfigError: the pinned schema is unreadable, or its `first_timestamp` is not a time.
+    """
+    record = read_pinned_schema(storage_dir)
+    first = record.get("first_timestamp") if record else None
+    if first is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(first)).date()
+    except ValueError:
+        raise ConfigError(f"{storage_dir / SCHEMA_FILE}: first_timestamp {first!r} is not an "
+                          "ISO 8601 time") from None
 
 
 def resolve_start(partitions: PartitionsConfig, source: str, storage_dir: Path
@@ -561,9 +683,12 @@ def resolve_start(partitions: PartitionsConfig, source: str, storage_dir: Path
     """`partitions` starting where an unset `partitions.start` starts (see `PartitionsConfig`).
 
     Raises:
-        ConfigError: the record of simulated days is unreadable.
+        ConfigError: the record of simulated days, or the pinned schema, is unreadable.
     """
-    first = simulated_days(storage_dir)[0] if source == "simulator" else None
+    if source == "simulator":
+        first = simulated_days(storage_dir)[0]
+    else:
+        first = pinned_first_day(storage_dir)
     resolved = partitions.model_copy(update={"start": first or DEFAULT_START})
     resolved._start_from_file = False
     return resolved

@@ -19,6 +19,8 @@ import polars as pl
 
 from ct_assets.lib.config import Config, ConfigError
 from ct_assets.lib.files import (
+    ROW_NUMBER,
+    SOURCE_FILE,
     BadFile,
     LandedFile,
     csv_header,
@@ -53,6 +55,8 @@ class IngestResult:
     files_read: int = 0
     files_skipped: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # relpath → columns of that file the schema does not have (left out; its rows still land)
+    unknown_columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 class FileCatalog:
@@ -168,9 +172,16 @@ def ingest_window(
     """Read, type and validate every landed row with `start <= timestamp < end`.
 
     Bad files are returned whole with their reason and do not stop the other files; bad rows
-    are returned with theirs and do not stop the good rows of the same file.
+    are returned with theirs and do not stop the good rows of the same file. A file's columns
+    that the schema does not have are left out and reported (`IngestResult.unknown_columns`).
+
+    Raises:
+        ConfigError: the schema is still pending (see `ct_assets.lib.schema.ensure_schema`).
     """
     dataset = config.dataset
+    if dataset.schema_pending:
+        raise ConfigError("dataset.columns is neither declared nor pinned yet: infer and pin "
+                          "them first (ct_assets.lib.schema.ensure_schema)")
     required = data_columns(config)
     ts = dataset.timestamp
     window_keys = partition_keys(config, start, end)
@@ -180,6 +191,9 @@ def ingest_window(
     result = IngestResult(pl.DataFrame(), pl.DataFrame(), {}, [], [])
     for file, frame in read_window_files(config.landing_dir, catalog, window_keys, required,
                                          dataset.delimiter, result):
+        unknown = unknown_columns(frame.columns, config)
+        if unknown:
+            result.unknown_columns[file.relpath] = unknown
         if dataset.target not in frame.columns:  # labels land separately (dataset.labels)
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(str(dataset.target)))
         try:
@@ -246,6 +260,12 @@ def data_columns(config: Config) -> list[str]:
     dataset = config.dataset
     optional = {dataset.target} if dataset.labels is not None else set()
     return [name for name in dataset.columns if name not in optional]
+
+
+def unknown_columns(columns: list[str], config: Config) -> list[str]:
+    """The columns of a landed file that the schema (declared or pinned) does not have."""
+    known = {*config.dataset.columns, SOURCE_FILE, ROW_NUMBER, "_field_count"}
+    return [name for name in columns if name not in known]
 
 
 def partition_keys(config: Config, start: dt.datetime, end: dt.datetime) -> list[str]:

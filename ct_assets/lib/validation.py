@@ -110,8 +110,12 @@ def _parse_timestamp(text: pl.Expr, fmt: str | None) -> pl.Expr:
     return pl.coalesce(with_zone, naive, dates)
 
 
-def _timestamp(dataset: DatasetConfig, source: pl.DataType) -> pl.Expr:
-    """The timestamp column parsed to UTC, honouring `dataset.timestamp_format`."""
+def timestamp_expr(dataset: DatasetConfig, source: pl.DataType) -> pl.Expr:
+    """The timestamp column parsed to UTC, honouring `dataset.timestamp_format`.
+
+    Text is parsed (ISO 8601 with or without an offset, or a date); a Parquet datetime is
+    taken as UTC when it has no time zone. Null where a value cannot be parsed.
+    """
     if source == pl.String and dataset.timestamp_format:
         text = pl.col(dataset.timestamp).str.strip_chars()
         return _parse_timestamp(text, dataset.timestamp_format)
@@ -146,7 +150,7 @@ def validate_rows(
     schema = frame.schema
     typed = {name: _cast(name, kind, schema[name]).alias(name) for name, kind in types.items()}
     ts = dataset.timestamp
-    typed[ts] = _timestamp(dataset, schema[ts]).alias(ts)
+    typed[ts] = timestamp_expr(dataset, schema[ts]).alias(ts)
     work = frame.with_columns(
         **{f"__typed_{name}": expr for name, expr in typed.items()}
     )
@@ -260,7 +264,7 @@ def raw_schema(dataset: DatasetConfig) -> dict[str, pl.DataType]:
 def validate_timestamps(frame: pl.DataFrame, dataset: DatasetConfig,
                         partitions: PartitionsConfig) -> pl.Series:
     """Partition key of each row from its timestamp alone (null where unusable)."""
-    parsed = _timestamp(dataset, frame.schema[dataset.timestamp])
+    parsed = timestamp_expr(dataset, frame.schema[dataset.timestamp])
     start = dt.datetime.combine(partitions.start, dt.time(), tzinfo=dt.UTC)
     key = parsed.dt.truncate(partitions.truncate_every).dt.strftime(partitions.key_format)
     return frame.select(pl.when(parsed >= start).then(key).alias(PARTITION)).to_series()
