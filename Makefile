@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 CT := $(BIN)/ct
 # The UI test drives Debian's Chromium (Playwright's own browser download fails here).
 CHROMIUM := /usr/bin/chromium
+# The daemon end-to-end test runs on Postgres storage: a private server started from Debian's
+# postgresql binaries (/usr/lib/postgresql/<version>/bin), whatever version the release ships.
+POSTGRES_BIN = $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test dev serve lint bench clean
+.PHONY: demo test dev serve lint bench clean postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +28,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-## test: the whole suite (installs Debian's chromium for the UI test when it is missing), one
-## test file per worker on two workers: the daemon and the retraining-loop files run side by side
-test: $(STAMP) $(CHROMIUM)
+postgresql:
+	@if [ -z "$(POSTGRES_BIN)" ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+## test: the whole suite (installs Debian's chromium for the UI test and postgresql for the
+## daemon test when they are missing), one test file per worker on two workers: the daemon and
+## the retraining-loop files run side by side
+test: $(STAMP) $(CHROMIUM) postgresql
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000

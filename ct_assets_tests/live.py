@@ -118,6 +118,32 @@ def quiet_for(home: Path, seconds: float) -> Callable[[], bool]:
     return check
 
 
+def idle_for(home: Path, seconds: float) -> Callable[[], bool]:
+    """A condition: no run queued or running and no backfill in progress, for `seconds`.
+
+    Stricter than `quiet_for`: the automation sensor (`emit_backfills`) and the UI hand
+    requests to the backfill daemon as backfills, which can sit without a run for a while (the
+    backfill daemon iterates about every 30 s), so no run does not mean nothing is pending.
+    """
+    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+
+    pending = BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED,
+                                          BulkActionStatus.CANCELING, BulkActionStatus.FAILING])
+    state: dict[str, float | None] = {"since": None}
+
+    def check() -> bool:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            busy = (instance.get_runs(dg.RunsFilter(statuses=ACTIVE), limit=1)
+                    or instance.get_backfills(filters=pending, limit=1))
+        if busy:
+            state["since"] = None
+            return False
+        state["since"] = state["since"] or time.monotonic()
+        return time.monotonic() - state["since"] >= seconds
+
+    return check
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,7 +1,12 @@
 """The real daemon, end to end: files land, and nobody materializes anything by hand.
 
 `dagster-daemon run -m ct_assets.definitions` runs as a subprocess (its own process group) against
-a fresh instance and project in a temporary directory:
+a fresh project in a temporary directory and a fresh Postgres-backed instance: its DAGSTER_HOME
+holds the package's `templates/dagster-postgres.yaml`, pointed at a private PostgreSQL server
+(`ct_assets_tests/postgres.py`: Debian's binaries, 127.0.0.1, stopped when the test ends), so
+the daemon, its run workers, the webserver and the test all share runs, events, sensor cursors
+and the `duckdb` pool's slots through Postgres. (`CT_E2E_STORAGE=sqlite` runs the same loop on
+the SQLite template `dagster.yaml` instead.)
 
 1. 12 clean days land → `landing_sensor` ingests them (`landing_job`: `raw_events`, `features`
    only, as no model is deployed) → `freshness_sensor` trains, validates and deploys a first
@@ -13,7 +18,11 @@ a fresh instance and project in a temporary directory:
    deployed with reason `drift`; the new model, whose drift reference is the drifted days,
    re-checks the latest partition and passes: no second retrain;
 3. the daemon is restarted; after two ticks of `drift_sensor` there is still one drift retrain;
-4. the UI shows the chain, in a real `dagster-webserver` and headless Chromium: the
+4. the storage is what the instance config says: on Postgres, every run the instance lists (the
+   drift retrain among them, `SUCCESS`) is a row of the server's `runs` table, with its events
+   in `event_logs`, the sensors' ticks in `job_ticks` and the pool `duckdb` (limit 1) in
+   `concurrency_limits`; and no SQLite file exists anywhere under DAGSTER_HOME;
+5. the UI shows the chain, in a real `dagster-webserver` and headless Chromium: the
    `feature_drift` check on `drift_report` (its latest evaluation, by the new model, passed), the
    one `retrain_job` run tagged `ct/reason=drift` with the partition that triggered it, and
    `deployed_model`'s new version with reason `drift`.
@@ -26,10 +35,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,7 @@ from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
 from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, poll, quiet_for, webserver
+from ct_assets_tests.postgres import PostgresServer, private_postgres, sqlite_files
 
 INTERVAL = 5  # seconds between two ticks of each sensor (30 by default)
 HISTORY_DAYS, DRIFTED_DAYS, ROWS_PER_DAY = 12, 3, 1500
@@ -54,16 +64,18 @@ SETTLE_TIMEOUT = 180
 RESTART_TIMEOUT = 120
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
 DRIFT_TICK = "Sensor drift_sensor"  # the daemon logs "Sensor drift_sensor skipped: …" per tick
+STORAGE_ENV = "CT_E2E_STORAGE"  # `postgres` (default) or `sqlite`: the instance the loop runs on
 
 
 class Project:
     """A temporary project: ct.yaml, storage, DAGSTER_HOME, and the daemon running on it."""
 
-    def __init__(self, root: Path, first_day: dt.date):
+    def __init__(self, root: Path, first_day: dt.date, instance_template: str):
         self.root = root
         self.home = root / "dagster_home"
         self.home.mkdir()
-        shutil.copyfile(ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        (self.home / "dagster.yaml").write_bytes(  # the package's copy, as a user gets it
+            resources.files("ct_assets").joinpath(f"templates/{instance_template}").read_bytes())
         config = {
             "dataset": {"source": "simulator"},
             "partitions": {"start": first_day.isoformat()},
@@ -185,6 +197,53 @@ def check_ui(project: Project, tmp_path: Path, retrain: dg.DagsterRun, version: 
         assert f"promoted {version} (reason: drift)" in deployed, (deployed[:2000], shots)
 
 
+def check_postgres_storage(project: Project, server: PostgresServer, retrain: dg.DagsterRun
+                           ) -> None:
+    """Runs, events, ticks and the pool live in the server; no SQLite file in DAGSTER_HOME."""
+    from dagster_postgres import (
+        PostgresEventLogStorage,
+        PostgresRunStorage,
+        PostgresScheduleStorage,
+    )
+
+    with project.instance() as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        listed = {run.run_id for run in instance.get_runs()}
+    with server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT run_id FROM runs")
+        assert {run_id for (run_id,) in cursor.fetchall()} == listed, project.describe()
+        cursor.execute("SELECT status FROM runs WHERE run_id = %s", (retrain.run_id,))
+        assert cursor.fetchone() == ("SUCCESS",)
+        cursor.execute("SELECT count(DISTINCT run_id) FROM event_logs "
+                       "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+        (materializing_runs,) = cursor.fetchone()
+        assert 2 <= materializing_runs <= len(listed)
+        cursor.execute("SELECT count(*) FROM job_ticks t JOIN instigators i ON t.selector_id"
+                       " = i.selector_id WHERE i.instigator_body LIKE '%\"drift_sensor\"%'")
+        (ticks,) = cursor.fetchone()
+        assert ticks >= 2
+        cursor.execute("SELECT concurrency_key, \"limit\" FROM concurrency_limits")
+        assert ("duckdb", 1) in cursor.fetchall()
+    connection.close()
+    assert sqlite_files(project.home) == []
+
+
+@pytest.fixture
+def postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PostgresServer | None]:
+    """The private server, its coordinates in the environment; None with CT_E2E_STORAGE=sqlite."""
+    storage = os.environ.get(STORAGE_ENV, "postgres")
+    if storage == "sqlite":
+        yield None
+        return
+    assert storage == "postgres", f"${STORAGE_ENV} is `postgres` or `sqlite`, not {storage!r}"
+    with private_postgres() as server:
+        for key, value in server.dagster_env().items():  # the test's own instance reads them
+            monkeypatch.setenv(key, value)  # and the daemon and webserver inherit them
+        yield server
+
+
 def drift_ticks(log: Path, start: int) -> int:
     text = log.read_text(encoding="utf-8", errors="replace")[start:]
     return text.count(DRIFT_TICK)
@@ -192,12 +251,14 @@ def drift_ticks(log: Path, start: int) -> int:
 
 @pytest.mark.timeout(900)
 def test_daemon_ingests_trains_detects_drift_and_retrains_once(
-        tmp_path: Path, record_property: Callable[[str, object], None]):
+        tmp_path: Path, record_property: Callable[[str, object], None],
+        postgres: PostgresServer | None):
     began = time.monotonic()
     today = dt.datetime.now(dt.UTC).date()
     drift_start = today - dt.timedelta(days=DRIFTED_DAYS - 1)
     history_start = drift_start - dt.timedelta(days=HISTORY_DAYS)
-    project = Project(tmp_path, history_start)
+    project = Project(tmp_path, history_start,
+                      "dagster.yaml" if postgres is None else "dagster-postgres.yaml")
     try:
         project.daemon.start()
         # 1. clean history → ingested → first model, all by sensors
@@ -280,10 +341,17 @@ def test_daemon_ingests_trains_detects_drift_and_retrains_once(
             project.describe())
         assert project.deployed()["version"] == second["version"]
 
-        # 4. what a data engineer sees in the UI
+        # 4. where it all is: Postgres, and not a SQLite file beside it
+        if postgres is None:
+            assert sqlite_files(project.home), "the SQLite template wrote no SQLite storage"
+        else:
+            check_postgres_storage(project, postgres, retrain)
+
+        # 5. what a data engineer sees in the UI
         check_ui(project, tmp_path, retrain, second["version"], partition)
         record_property("first_model_seconds", round(first_model_at))
         record_property("drift_model_seconds", round(drift_deployed_at))
         record_property("total_seconds", round(time.monotonic() - began))
+        record_property("instance_storage", "sqlite" if postgres is None else "postgres")
     finally:
         project.daemon.stop()

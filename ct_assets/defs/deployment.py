@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -19,12 +20,14 @@ from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.defs.runs import check_in_runs, materialization_in_runs, run_lineage
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD
-from ct_assets.lib.features import passthrough_columns
+from ct_assets.lib.features import key_window, passthrough_columns
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.model_store import DECISION, ModelStore
 from ct_assets.lib.partition_figures import by_partition, score_summary, span
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.triggers import regime_partitions
+from ct_assets.lib.validation import PARTITION
+from ct_assets.lib.warehouse import chunk_partitions
 
 
 def _judged_candidate(context: dg.AssetExecutionContext, store: ModelStore
@@ -181,9 +184,10 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         """Each partition scored by the deployed model, with the model version on every row.
 
         The model's files are checked against their sha256 before loading; a mismatch fails
-        the run naming the file, and nothing is scored with it. Each partition's
-        materialization carries its own rows and score summary (mean, min, max; the positive
-        rate for a binary task).
+        the run naming the file, and nothing is scored with it. A range is scored in chunks
+        of whole partitions of about `CHUNK_ROWS` rows, written in one transaction, so a
+        run's memory does not grow with its range. Each partition's materialization carries
+        its own rows and score summary (mean, min, max; the positive rate for a binary task).
         """
         store = model_store.get()
         champion = store.deployed()
@@ -193,36 +197,56 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
                              "deployed_model) first")
         model, manifest = load_verified(store, champion["version"])
         window = context.partition_time_window
-        features = warehouse.get().read_range("features", dataset.timestamp, window.start,
-                                              window.end)
-        began = time.perf_counter()
-        scores = model.predict(features)
-        seconds = time.perf_counter() - began
-        frame = features.select(passthrough_columns(config))
-        if dataset.task == "multiclass":
-            classes = manifest.get("classes") or []
-            frame = frame.with_columns(
-                pl.Series("prediction", [str(classes[i]) for i in scores.argmax(axis=1)]),
-                pl.Series("score", scores.max(axis=1)))
-        else:
-            frame = frame.with_columns(pl.Series("score", scores))
-            if dataset.task == "binary":
-                threshold = manifest.get("operating_threshold") or OPERATING_THRESHOLD
-                frame = frame.with_columns((pl.col("score") >= threshold).cast(pl.Int8)
-                                           .alias("prediction"))
-        frame = frame.with_columns(pl.lit(champion["version"]).alias("model_version"))
-        warehouse.get().replace_range("predictions", frame, dataset.timestamp, window.start,
-                                      window.end)
         keys = partition_keys(config, window.start, window.end)
-        record_partition_metadata(context, by_partition(
-            frame, keys, lambda rows: {**frame_metadata(rows),
-                                       **score_summary(rows, dataset.task)}))
+        warehouse_store = warehouse.get()
+        figures: dict[str, dict[str, object]] = {}
+        scored = {"rows": 0, "seconds": 0.0}
+
+        def chunks() -> Iterator[pl.DataFrame]:
+            rows = warehouse_store.partition_rows("features", dataset.timestamp, window.start,
+                                                  window.end, PARTITION)
+            for chunk in chunk_partitions(keys, rows):
+                features = warehouse_store.read_range("features", dataset.timestamp,
+                                                      *key_window(config, chunk))
+                began = time.perf_counter()
+                frame = score_rows(model, manifest, features, config, champion["version"])
+                scored["seconds"] += time.perf_counter() - began
+                scored["rows"] += frame.height
+                figures.update(by_partition(frame, chunk, lambda part: {
+                    **frame_metadata(part), **score_summary(part, dataset.task)}))
+                yield frame
+                del features, frame  # not held while the next chunk is built
+
+        warehouse_store.replace_range_chunks("predictions", chunks(), dataset.timestamp,
+                                             window.start, window.end)
+        record_partition_metadata(context, figures)
+        seconds = scored["seconds"]
         # Shared by every partition of the run: the model, and the run's scoring speed.
         return dg.MaterializeResult(metadata={
             "run_partitions": span(keys),
             "model_version": champion["version"],
             "scoring_seconds": round(seconds, 4),
-            "rows_per_second": round(frame.height / seconds) if seconds > 0 else None,
+            "rows_per_second": round(scored["rows"] / seconds) if seconds > 0 else None,
         })
 
     return [deployed_model, predictions]
+
+
+def score_rows(model: Any, manifest: dict, features: pl.DataFrame, config: Config,
+               version: str) -> pl.DataFrame:
+    """`features` scored: passthrough columns, `score` (and `prediction`), `model_version`."""
+    dataset = config.dataset
+    scores = model.predict(features)
+    frame = features.select(passthrough_columns(config))
+    if dataset.task == "multiclass":
+        classes = manifest.get("classes") or []
+        frame = frame.with_columns(
+            pl.Series("prediction", [str(classes[i]) for i in scores.argmax(axis=1)]),
+            pl.Series("score", scores.max(axis=1)))
+    else:
+        frame = frame.with_columns(pl.Series("score", scores))
+        if dataset.task == "binary":
+            threshold = manifest.get("operating_threshold") or OPERATING_THRESHOLD
+            frame = frame.with_columns((pl.col("score") >= threshold).cast(pl.Int8)
+                                       .alias("prediction"))
+    return frame.with_columns(pl.lit(version).alias("model_version"))

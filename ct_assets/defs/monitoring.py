@@ -9,6 +9,7 @@ asset bodies are here; what they record per partition is built in `monitoring_ev
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -23,23 +24,24 @@ from ct_assets.defs.monitoring_events import (
     partitioned_check,
     performance_events,
     retrain_partitions,
+    unjudged_evaluations,
     unmeasured_reason,
 )
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.lib.config import Config
 from ct_assets.lib.drift import REPORT_SCHEMA
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
-from ct_assets.lib.features import offset_partitions
+from ct_assets.lib.features import key_window, offset_partitions
 from ct_assets.lib.ingest import partition_keys
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels, known_labels
 from ct_assets.lib.monitoring import drift_verdict, error_of, load_profiles, partition_drift
 from ct_assets.lib.monitoring_verdicts import drift_history
-from ct_assets.lib.partition_figures import span
+from ct_assets.lib.partition_figures import span, split_by_partition
 from ct_assets.lib.served import RECEIVED_AT
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.training import encode_labels
 from ct_assets.lib.validation import PARTITION
-from ct_assets.lib.warehouse import Warehouse, quote_identifier
+from ct_assets.lib.warehouse import Warehouse, chunk_partitions, quote_identifier
 
 PARTITION_START = "partition_start"
 
@@ -112,19 +114,15 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         profiles = load_profiles(directory)
         window = context.partition_time_window
         store = warehouse.get()
-        features = (store.read_range(drift_source, drift_time, window.start, window.end)
-                    if store.table_exists(drift_source) else pl.DataFrame(
-                        schema={PARTITION: pl.String}))
         judged = {}
-        for key in partition_keys(config, window.start, window.end):
-            rows = features.filter(pl.col(PARTITION) == key)
-            if features.width > 1:
+        for key, rows in _partition_rows(store, config, drift_source, drift_time, window):
+            if rows is not None:
                 report, verdict = partition_drift(profiles, rows, config)
             else:  # nothing served yet (no `served_predictions` table): nothing to judge
                 report = pl.DataFrame(schema={**REPORT_SCHEMA, "segment": pl.String})
                 verdict = drift_verdict(report, config)
             judged[key] = (report.with_columns(pl.lit(key).alias(PARTITION)), verdict,
-                           rows.height)
+                           0 if rows is None else rows.height)
         table = _with_start(pl.concat([report for report, _, _ in judged.values()]), config)
         warehouse.get().replace_range("drift_report", table.with_columns(
             pl.lit(version).alias("model_version")), PARTITION_START, window.start, window.end)
@@ -170,10 +168,12 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
         known = labels_known(context.instance, config, label_source, keys)
-        if not known:
-            raise dg.Failure(f"labels of {span(keys)} are not known yet "
-                             f"(triggers.label_delay = {config.triggers.label_delay} "
-                             "partitions)")
+        if not known:  # e.g. the latest partition alone, re-scored after a promotion
+            context.log.info(f"not measured: {span(keys)}: {unmeasured_reason(config)}; "
+                             "a later run measures them")
+            yield from unjudged_evaluations(context.asset_key, keys, config)
+            yield checks_done(context, "performance")
+            return
         store = warehouse.get()
         table = measure(store, model_store, config, known,
                         store.read_range(scored_source, scored_time, window.start, window.end))
@@ -194,6 +194,23 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
         yield checks_done(context, "performance")
 
     return [drift_report, model_performance]
+
+
+def _partition_rows(store: Warehouse, config: Config, table: str, time_column: str,
+                    window: dg.TimeWindow) -> Iterator[tuple[str, pl.DataFrame | None]]:
+    """Each partition key of `window` with its rows of `table` (None: no such table yet).
+
+    Read in chunks of whole partitions of about `CHUNK_ROWS` rows, so a run over a long
+    range holds one chunk at a time, and split once per chunk (not filtered once per key).
+    """
+    keys = partition_keys(config, window.start, window.end)
+    if not store.table_exists(table):
+        yield from ((key, None) for key in keys)
+        return
+    counts = store.partition_rows(table, time_column, window.start, window.end, PARTITION)
+    for chunk in chunk_partitions(keys, counts):
+        frame = store.read_range(table, time_column, *key_window(config, chunk))
+        yield from split_by_partition(frame, chunk).items()
 
 
 def labels_known(instance: dg.DagsterInstance, config: Config, label_source: str,

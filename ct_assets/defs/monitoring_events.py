@@ -231,6 +231,12 @@ def performance_events(asset_key: dg.AssetKey, table: pl.DataFrame, history: pl.
                       "partitions_below": ", ".join(below) or "none",
                       "partitions_flagged": ", ".join(flagged) or "none",
                       "first_flagged": flagged[0] if verdict["rules"] else "none"})
+    yield from unjudged_evaluations(asset_key, waiting, config)
+
+
+def unjudged_evaluations(asset_key: dg.AssetKey, waiting: list[str], config: Config
+                         ) -> Iterator[dg.AssetCheckEvaluation]:
+    """A `performance` evaluation for each partition not measured yet, judging nothing."""
     reason = unmeasured_reason(config)
     for key in waiting:
         yield dg.AssetCheckEvaluation(

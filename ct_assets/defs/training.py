@@ -14,6 +14,7 @@ from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
 from ct_assets.defs.runs import duckdb_slot, materialization_in_runs, run_lineage
 from ct_assets.lib.candidate import EVALUATION_DIR, fit_candidate
 from ct_assets.lib.config import Config
+from ct_assets.lib.features import offset_partitions
 from ct_assets.lib.labels import LABELLED_PARTITION, attach_labels
 from ct_assets.lib.model_store import ModelStore, ModelStoreError
 from ct_assets.lib.monitoring import REFERENCE_FILE, fit_profiles, save_profiles
@@ -57,16 +58,43 @@ def labelled_features(store: Warehouse, config: Config, where: str, parameters: 
     return attach_labels(frame, labels, config)
 
 
-def labelled_partitions(store: Warehouse, config: Config, cutoff: str) -> list[str]:
-    """Partitions before `cutoff` holding at least one labelled row."""
+def labelled_partitions(store: Warehouse, config: Config, cutoff: str,
+                        wanted: int | None = None) -> list[str]:
+    """Partitions before `cutoff` holding at least one labelled row.
+
+    With `wanted`, at least the newest `wanted` of them (all there are when fewer): they are
+    looked for among the `2 * wanted` partitions before `cutoff` first, a scan that the
+    tables' zone maps keep to those partitions however long the history is; the whole
+    history is scanned only when fewer than `wanted` are labelled there.
+    """
+    if wanted:
+        fmt = config.partitions.key_format
+        since = offset_partitions(
+            config, dt.datetime.strptime(cutoff, fmt).replace(tzinfo=dt.UTC), -2 * wanted)
+        keys = _labelled_between(store, config, since, cutoff)
+        if len(keys) >= wanted:
+            return keys
+    return _labelled_between(store, config, None, cutoff)
+
+
+def _labelled_between(store: Warehouse, config: Config, since: dt.datetime | None,
+                      cutoff: str) -> list[str]:
+    """Partitions from `since` (None: the first) to before `cutoff` with a labelled row."""
     target, partition = quote_identifier(str(config.dataset.target)), quote_identifier(PARTITION)
-    keys = set(store.query(f"SELECT DISTINCT {partition} FROM features "
-                           f"WHERE {target} IS NOT NULL AND {partition} < ?", [cutoff]
-                           )[PARTITION].to_list())
+    where, parameters = f"{target} IS NOT NULL AND {partition} < ?", [cutoff]
+    if since is not None:
+        where += f" AND {quote_identifier(config.dataset.timestamp)} >= ?"
+        parameters.append(since)
+    keys = set(store.query(f"SELECT DISTINCT {partition} FROM features WHERE {where}",
+                           parameters)[PARTITION].to_list())
     if config.dataset.labels is not None and store.table_exists("labels"):
         labelled = quote_identifier(LABELLED_PARTITION)
-        keys |= set(store.query(f"SELECT DISTINCT {labelled} AS k FROM labels "
-                                f"WHERE {labelled} < ?", [cutoff])["k"].to_list())
+        where, parameters = f"{labelled} < ?", [cutoff]
+        if since is not None:
+            where += f" AND {labelled} >= ?"
+            parameters.append(since.strftime(config.partitions.key_format))
+        keys |= set(store.query(f"SELECT DISTINCT {labelled} AS k FROM labels WHERE {where}",
+                                parameters)["k"].to_list())
     return sorted(keys)
 
 
@@ -136,7 +164,8 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
         store = warehouse.get()
         cutoff = training_cutoff(config, dt.datetime.now(dt.UTC))
         plan = plan_training_set(
-            labelled_partitions(store, config, cutoff), config, cutoff=cutoff,
+            labelled_partitions(store, config, cutoff, config.training.window), config,
+            cutoff=cutoff,
             change=context.run.tags.get(CHANGE_POINT_TAG),
             reason=context.run.tags.get(REASON_TAG), inherited=champion_regime(model_store.get()))
         placeholders = ", ".join("?" for _ in plan.keys)

@@ -63,6 +63,28 @@ def offset_partitions(config: Config, moment: dt.datetime, count: int) -> dt.dat
     return moved.item()
 
 
+def key_window(config: Config, keys: list[str]) -> tuple[dt.datetime, dt.datetime]:
+    """The time window `[start, end)` of the consecutive partition keys `keys` (UTC)."""
+    fmt = config.partitions.key_format
+    start = dt.datetime.strptime(keys[0], fmt).replace(tzinfo=dt.UTC)
+    last = dt.datetime.strptime(keys[-1], fmt).replace(tzinfo=dt.UTC)
+    return start, offset_partitions(config, last, 1)
+
+
+def lookback_columns(config: Config) -> list[str]:
+    """The `raw_events` columns `build_features` needs of the look-back partitions.
+
+    Rows before the partitions being built only feed the recent means: their partition,
+    segment and `relative_to_recent` columns (none without such columns). Reading only these
+    keeps the look-back's cost a few narrow columns, however wide the rows are.
+    """
+    relative = config.relative_columns()
+    if not relative:
+        return []
+    named = [PARTITION, config.dataset.timestamp, config.dataset.segment, *relative]
+    return [name for name in dict.fromkeys(named) if name]
+
+
 def _cyclical(value: pl.Expr, period: float, name: str) -> list[pl.Expr]:
     angle = value.cast(pl.Float64) * (2 * math.pi / period)
     return [angle.sin().alias(f"{name}_sin"), angle.cos().alias(f"{name}_cos")]
@@ -100,7 +122,8 @@ def build_features(raw: pl.DataFrame, config: Config, keys: list[str]) -> pl.Dat
 
     Args:
         raw: `raw_events` rows of `keys` and of the `features.lookback` partitions before them
-            (earlier rows are only used for the look-back means).
+            (earlier rows are only used for the look-back means: `lookback_columns` of them
+            are enough).
         config: the project configuration.
         keys: the partition keys to build features for.
 
