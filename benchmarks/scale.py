@@ -145,25 +145,33 @@ class Counter:
         reads("query", lambda sql, *a, **k: _table_in(sql))
         # Every write goes through `replace_range_chunks` (`replace_range` calls it) where it
         # exists: wrapping both would count twice.
-        for name in [next(name for name in ("replace_range_chunks", "replace_range")
-                          if hasattr(Warehouse, name))]:
-            original = getattr(Warehouse, name)
+        if hasattr(Warehouse, "replace_range_chunks"):
+            chunked = Warehouse.replace_range_chunks
 
-            def writes(warehouse: Any, table: str, frame: Any, *args: Any,
-                       _original: Any = original, **kwargs: Any) -> Any:
-                if hasattr(frame, "height"):
+            def count(table: str, build: Any) -> Any:
+                def counted() -> Any:
+                    frame = build()
                     self.written[table] += frame.height
-                    return _original(warehouse, table, frame, *args, **kwargs)
-                chunks = frame
+                    return frame
+                return counted
 
-                def counted_chunks() -> Any:
-                    for chunk in chunks:
-                        self.written[table] += chunk.height
-                        yield chunk
+            @functools.wraps(chunked)
+            def writes(warehouse: Any, table: str, chunks: Any, *args: Any, **kwargs: Any
+                       ) -> Any:
+                return chunked(warehouse, table, [count(table, build) for build in chunks],
+                               *args, **kwargs)
 
-                return _original(warehouse, table, counted_chunks(), *args, **kwargs)
+            Warehouse.replace_range_chunks = writes
+        else:
+            whole = Warehouse.replace_range
 
-            setattr(Warehouse, name, functools.wraps(original)(writes))
+            @functools.wraps(whole)
+            def write(warehouse: Any, table: str, frame: Any, *args: Any, **kwargs: Any
+                      ) -> Any:
+                self.written[table] += frame.height
+                return whole(warehouse, table, frame, *args, **kwargs)
+
+            Warehouse.replace_range = write
         reader = ingest.read_landed_file
 
         @functools.wraps(reader)

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -185,9 +186,10 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
 
         The model's files are checked against their sha256 before loading; a mismatch fails
         the run naming the file, and nothing is scored with it. A range is scored in chunks
-        of whole partitions of about `CHUNK_ROWS` rows, written in one transaction, so a
-        run's memory does not grow with its range. Each partition's materialization carries
-        its own rows and score summary (mean, min, max; the positive rate for a binary task).
+        of whole partitions of about `CHUNK_ROWS` rows, staged, then replaced in one
+        transaction (`replace_range_chunks`), so a run's memory does not grow with its range.
+        Each partition's materialization carries its own rows and score summary (mean, min,
+        max; the positive rate for a binary task).
         """
         store = model_store.get()
         champion = store.deployed()
@@ -202,23 +204,22 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         figures: dict[str, dict[str, object]] = {}
         scored = {"rows": 0, "seconds": 0.0}
 
-        def chunks() -> Iterator[pl.DataFrame]:
-            rows = warehouse_store.partition_rows("features", dataset.timestamp, window.start,
-                                                  window.end, PARTITION)
-            for chunk in chunk_partitions(keys, rows):
-                features = warehouse_store.read_range("features", dataset.timestamp,
-                                                      *key_window(config, chunk))
-                began = time.perf_counter()
-                frame = score_rows(model, manifest, features, config, champion["version"])
-                scored["seconds"] += time.perf_counter() - began
-                scored["rows"] += frame.height
-                figures.update(by_partition(frame, chunk, lambda part: {
-                    **frame_metadata(part), **score_summary(part, dataset.task)}))
-                yield frame
-                del features, frame  # not held while the next chunk is built
+        def score(chunk: list[str]) -> pl.DataFrame:
+            features = warehouse_store.read_range("features", dataset.timestamp,
+                                                  *key_window(config, chunk))
+            began = time.perf_counter()
+            frame = score_rows(model, manifest, features, config, champion["version"])
+            scored["seconds"] += time.perf_counter() - began
+            scored["rows"] += frame.height
+            figures.update(by_partition(frame, chunk, lambda part: {
+                **frame_metadata(part), **score_summary(part, dataset.task)}))
+            return frame
 
-        warehouse_store.replace_range_chunks("predictions", chunks(), dataset.timestamp,
-                                             window.start, window.end)
+        rows = warehouse_store.partition_rows("features", dataset.timestamp, window.start,
+                                              window.end, PARTITION)
+        warehouse_store.replace_range_chunks(
+            "predictions", [partial(score, chunk) for chunk in chunk_partitions(keys, rows)],
+            dataset.timestamp, window.start, window.end)
         record_partition_metadata(context, figures)
         seconds = scored["seconds"]
         # Shared by every partition of the run: the model, and the run's scoring speed.

@@ -1,7 +1,7 @@
 """Features stage: `raw_events` → `features` in DuckDB, with a look-back over earlier partitions."""
 
 import time
-from collections.abc import Iterator
+from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -52,9 +52,10 @@ def build_feature_assets(
         Reads `raw_events` of the partition and the few columns the recent means need of the
         `features.lookback` partitions before it (never the whole history) and replaces the
         partition in one transaction. A range is built in chunks of whole partitions of about
-        `CHUNK_ROWS` rows, written in that one transaction, so a run's memory does not grow
-        with its range. Each partition's materialization carries its own rows and preview;
-        `run_rows_read` counts the run's read, look-back included.
+        `CHUNK_ROWS` rows, staged, then replaced in one transaction (`replace_range_chunks`),
+        so a run's memory does not grow with its range. Each partition's materialization
+        carries its own rows and preview; `run_rows_read` counts the run's read, look-back
+        included.
         """
         window = context.partition_time_window
         began = time.perf_counter()
@@ -63,19 +64,18 @@ def build_feature_assets(
         figures: dict[str, dict[str, object]] = {}
         read = {"rows": 0, "seconds": 0.0}
 
-        def chunks() -> Iterator[pl.DataFrame]:
-            rows = store.partition_rows("raw_events", timestamp, window.start, window.end,
-                                        PARTITION)
-            for chunk in chunk_partitions(keys, rows):
-                frame = _build_chunk(store, config, chunk, read)
-                described = column_schema(frame, {name: f"feature ({kind})"
-                                                  for name, kind in schema.items()})
-                figures.update({key: {**frame_metadata(part), "dagster/column_schema": described}
-                                for key, part in split_by_partition(frame, chunk).items()})
-                yield frame
-                del frame  # not held while the next chunk is built
+        def build(chunk: list[str]) -> pl.DataFrame:
+            frame = _build_chunk(store, config, chunk, read)
+            described = column_schema(frame, {name: f"feature ({kind})"
+                                              for name, kind in schema.items()})
+            figures.update({key: {**frame_metadata(part), "dagster/column_schema": described}
+                            for key, part in split_by_partition(frame, chunk).items()})
+            return frame
 
-        store.replace_range_chunks("features", chunks(), timestamp, window.start, window.end)
+        rows = store.partition_rows("raw_events", timestamp, window.start, window.end, PARTITION)
+        store.replace_range_chunks(
+            "features", [partial(build, chunk) for chunk in chunk_partitions(keys, rows)],
+            timestamp, window.start, window.end)
         seconds = time.perf_counter() - began
         record_partition_metadata(context, figures)
         # Shared by every partition of the run.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -11,10 +11,12 @@ import duckdb
 import polars as pl
 
 SCHEMA = "main"
+STAGING_SCHEMA = "staging"  # where a range written in several chunks is staged
 # A range run processes its partitions in chunks of about this many rows (whole partitions), so
 # its memory is bounded by the chunk, not by the range: ten million rows in one run take no
-# more than one million do. A partition larger than this is a chunk of its own.
-CHUNK_ROWS = 1_000_000
+# more than one million do (benchmarks/scale.py). A partition larger than this is a chunk of
+# its own.
+CHUNK_ROWS = 500_000
 
 
 def quote_identifier(name: str) -> str:
@@ -65,63 +67,60 @@ class Warehouse:
         Returns:
             The number of rows deleted.
         """
-        return self.replace_range_chunks(table, [frame], time_column, start, end)
+        return self.replace_range_chunks(table, [lambda: frame], time_column, start, end)
 
     def replace_range_chunks(
-        self, table: str, chunks: Iterable[pl.DataFrame], time_column: str,
+        self, table: str, chunks: Sequence[Callable[[], pl.DataFrame]], time_column: str,
         start: dt.datetime, end: dt.datetime,
     ) -> int:
-        """`replace_range` with the new rows given as frames, one at a time, in ONE transaction.
+        """`replace_range` with the new rows built chunk by chunk, replaced in ONE transaction.
 
-        `chunks` may be a generator that builds each frame when asked (reading other tables
-        of this warehouse meanwhile, through their own connections): only one chunk is held
-        at a time, and readers see the old rows of the range until the commit. A failure,
-        also one raised by the generator, rolls back every chunk. No chunk at all deletes the
-        range (nothing happens when the table does not exist). Columns new to the table are
-        added from the first chunk; DuckDB cannot alter a table a transaction has appended to,
-        so a later chunk with a column neither the table nor the first chunk has is refused.
+        Each of `chunks` builds one frame when called (it may read other tables of this
+        warehouse meanwhile, through their own connections); one frame is held at a time.
+        A single chunk is written as `replace_range` writes a frame. Several are appended to a
+        staging table (`staging.<table>`) one by one, each committed, then the range is
+        replaced from it in one transaction that also drops it. Why not append them inside
+        that transaction: DuckDB holds rows appended in an open transaction in memory until it
+        commits, about 300 MB per million prediction rows (duckdb 1.5: ten 1M-row chunks
+        peaked at 3.5 GiB appended in one transaction, 1.2 GiB staged), so a long range would
+        need memory in proportion to its rows. Readers see the old rows of the range until the
+        commit; a failure, also one raised while building a chunk, leaves them in place (and
+        drops the staging table). No chunk deletes the range (nothing happens when the table
+        does not exist). Columns new to the table are added.
 
         Returns:
             The number of rows deleted.
-
-        Raises:
-            ValueError: a chunk after the first brings a column the table does not have.
         """
-        quoted, time = quote_identifier(table), quote_identifier(time_column)
         with self.connect() as connection:
-            connection.execute("BEGIN TRANSACTION")
+            if len(chunks) <= 1:
+                frames = [build() for build in chunks]
+                if frames:
+                    connection.register("incoming", frames.pop().to_arrow())
+                try:
+                    return _replace_in_transaction(
+                        connection, table, "incoming" if chunks else None, time_column,
+                        start, end)
+                finally:
+                    if chunks:
+                        connection.unregister("incoming")
+            staging = f"{STAGING_SCHEMA}.{quote_identifier(table)}"
+            connection.execute(f"CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA}")
+            connection.execute(f"DROP TABLE IF EXISTS {staging}")
             try:
-                deleted = None
-                for frame in chunks:
-                    connection.register("incoming", frame.to_arrow())
+                for number, build in enumerate(chunks):
+                    connection.register("incoming", build().to_arrow())
                     try:
-                        if not _exists(connection, table):
-                            connection.execute(
-                                f"CREATE TABLE {quoted} AS SELECT * FROM incoming LIMIT 0")
-                        existing = _columns(connection, table)
-                        new = {name: kind for name, kind in _columns(connection, "incoming").items()
-                               if name not in existing}
-                        if new and deleted is not None:
-                            raise ValueError(f"{table}: a chunk after the first brings the new "
-                                             f"column(s) {', '.join(new)}; the first chunk must "
-                                             "have every column")
-                        for name, kind in new.items():
-                            connection.execute(f"ALTER TABLE {quoted} "
-                                               f"ADD COLUMN {quote_identifier(name)} {kind}")
-                        if deleted is None:
-                            deleted = _delete_range(connection, quoted, time, start, end)
-                        connection.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM incoming")
+                        if number == 0:
+                            connection.execute(f"CREATE TABLE {staging} AS SELECT * FROM incoming")
+                            continue
+                        _add_columns(connection, staging, "incoming")
+                        connection.execute(f"INSERT INTO {staging} BY NAME SELECT * FROM incoming")
                     finally:
                         connection.unregister("incoming")
-                    del frame  # not held while the next chunk is built
-                if deleted is None and _exists(connection, table):
-                    deleted = _delete_range(connection, quoted, time, start, end)
-                connection.execute("COMMIT")
-            except BaseException:
-                with suppress(duckdb.TransactionException):  # a failed COMMIT rolled back
-                    connection.execute("ROLLBACK")
-                raise
-        return deleted or 0
+                return _replace_in_transaction(connection, table, staging, time_column, start,
+                                               end, drop_source=True)
+            finally:
+                connection.execute(f"DROP TABLE IF EXISTS {staging}")
 
     def partition_rows(self, table: str, time_column: str, start: dt.datetime,
                        end: dt.datetime, partition_column: str) -> dict[str, int]:
@@ -185,11 +184,46 @@ def chunk_partitions(keys: list[str], rows: dict[str, int], max_rows: int | None
     return chunks
 
 
-def _delete_range(connection: duckdb.DuckDBPyConnection, quoted: str, time: str,
-                  start: dt.datetime, end: dt.datetime) -> int:
-    found = connection.execute(
-        f"DELETE FROM {quoted} WHERE {time} >= ? AND {time} < ?", [start, end]).fetchone()
-    return int(found[0]) if found else 0
+def _replace_in_transaction(connection: duckdb.DuckDBPyConnection, table: str,
+                            source: str | None, time_column: str, start: dt.datetime,
+                            end: dt.datetime, *, drop_source: bool = False) -> int:
+    """In one transaction: delete the range of `table`, insert `source` (a relation), commit.
+
+    Creates the table from `source` when missing and adds the columns `source` brings new;
+    `drop_source` drops `source` in the same transaction. Rolls back on any failure.
+    """
+    quoted, time = quote_identifier(table), quote_identifier(time_column)
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        exists = _exists(connection, table)
+        if source is not None and not exists:
+            connection.execute(f"CREATE TABLE {quoted} AS SELECT * FROM {source} LIMIT 0")
+            exists = True
+        deleted = 0
+        if exists:
+            if source is not None:
+                _add_columns(connection, quoted, source)
+            found = connection.execute(f"DELETE FROM {quoted} WHERE {time} >= ? AND {time} < ?",
+                                       [start, end]).fetchone()
+            deleted = int(found[0]) if found else 0
+        if source is not None:
+            connection.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM {source}")
+            if drop_source:
+                connection.execute(f"DROP TABLE {source}")
+        connection.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.TransactionException):  # a failed COMMIT rolled back already
+            connection.execute("ROLLBACK")
+        raise
+    return deleted
+
+
+def _add_columns(connection: duckdb.DuckDBPyConnection, quoted: str, source: str) -> None:
+    """Add to table `quoted` the columns of relation `source` it does not have."""
+    existing = _columns(connection, quoted)
+    for name, kind in _columns(connection, source).items():
+        if name not in existing:
+            connection.execute(f"ALTER TABLE {quoted} ADD COLUMN {quote_identifier(name)} {kind}")
 
 
 def _exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -200,6 +234,7 @@ def _exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(found and found[0])
 
 
-def _columns(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = connection.execute(f"DESCRIBE {quote_identifier(table)}").fetchall()
+def _columns(connection: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    """Column name → type of `relation` (SQL text: a quoted table name, or a registered view)."""
+    rows = connection.execute(f"DESCRIBE {relation}").fetchall()
     return {row[0]: row[1] for row in rows}

@@ -81,6 +81,8 @@ def test_range_runs_read_one_chunk_at_a_time_and_write_what_one_pass_computes(
     assert full_reads["raw_events"] and max(full_reads["raw_events"]) == ROWS
     assert len(full_reads["features"]) == 2 * len(KEYS)  # scoring, then drift, a day at a time
     assert max(full_reads["features"]) == ROWS
+    assert store.query("SELECT count(*) AS n FROM information_schema.tables "
+                       "WHERE table_schema = 'staging'").item() == 0  # staged, then dropped
 
     # What was written equals one pass over the whole range: features (recent means across
     # chunk boundaries included), scores, and each partition's drift.
