@@ -1,6 +1,7 @@
 """Ingestion stage: landed files → `raw_events` in DuckDB, with quarantine and quality checks."""
 
 import time
+from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -12,7 +13,15 @@ from ct_assets.defs.metadata import (
 )
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
 from ct_assets.lib.config import Config
-from ct_assets.lib.ingest import FileCatalog, IngestResult, ingest_window, partition_keys
+from ct_assets.lib.features import key_window
+from ct_assets.lib.ingest import (
+    FileCatalog,
+    IngestResult,
+    ingest_window,
+    merge_results,
+    partition_keys,
+    plan_chunks,
+)
 from ct_assets.lib.partition_figures import (
     counts_by_partition,
     null_rates,
@@ -56,7 +65,9 @@ def build_ingest_assets(
         (a file catalog skips the others), casts them to the declared types and replaces the
         partition in DuckDB in one transaction. Rejected rows and files are recorded in the
         quarantine with their reason, source file and row number; good rows of the same file
-        still land. A range of partitions is one scan.
+        still land. A range of partitions is read in chunks of whole partitions whose files
+        hold about `CHUNK_BYTES` (`plan_chunks`), staged and replaced in one transaction
+        (`replace_range_chunks`), so a run's memory does not grow with its range.
 
         Each partition's materialization carries its own rows, quarantined rows and null
         rates; the `run_*` entries describe the run's scan as a whole, and the checks judge
@@ -73,12 +84,23 @@ def build_ingest_assets(
         window = context.partition_time_window
         keys = partition_keys(config, window.start, window.end)
         catalog = FileCatalog(config.landing_catalog_path)
-        result = ingest_window(config, window.start, window.end, catalog)
-        rows = result.rows
-        began = time.perf_counter()
         store = warehouse.get()
-        store.replace_range("raw_events", rows, dataset.timestamp, window.start, window.end)
-        written = time.perf_counter() - began
+        results: list[IngestResult] = []
+        figures: dict[str, dict[str, object]] = {}
+
+        def ingest(chunk: list[str]) -> pl.DataFrame:
+            found = ingest_window(config, *key_window(config, chunk), catalog)
+            figures.update(_partition_figures(config, chunk, found.rows, found.rejected_rows))
+            rows, found.rows = found.rows, pl.DataFrame()  # not held after it is written
+            results.append(found)
+            return rows
+
+        chunks = plan_chunks(config, catalog, keys)
+        began = time.perf_counter()
+        store.replace_range_chunks("raw_events", [partial(ingest, chunk) for chunk in chunks],
+                                   dataset.timestamp, window.start, window.end)
+        result = merge_results(results)
+        written = time.perf_counter() - began - result.timings.get("read_validate_s", 0.0)
         quarantine.get().record_scan(
             keys, pl.concat([result.rejected_rows, *result.unplaced_rows.values()]),
             result.good_files, result.present_files, result.rejected_files)
@@ -91,8 +113,7 @@ def build_ingest_assets(
         unplaced_count = sum(frame.height for frame in result.unplaced_rows.values())
         outcomes = check_raw_events(store, config, window.start, window.end,
                                     result.rejected_rows.height + unplaced_count)
-        record_partition_metadata(context, _partition_figures(config, keys, rows,
-                                                              result.rejected_rows))
+        record_partition_metadata(context, figures)
         # Shared by every partition of the run: what the scan read and rejected as a whole.
         return dg.MaterializeResult(
             metadata={
@@ -101,6 +122,7 @@ def build_ingest_assets(
                 "run_rejected_files": len(result.rejected_files),
                 "run_files_read": result.files_read,
                 "run_files_skipped": result.files_skipped,
+                "run_chunks": len(chunks),
                 "run_rejected": dg.MetadataValue.md(_rejections(result)),
                 "run_files_with_unknown_columns": len(result.unknown_columns),
                 "run_unknown_columns": dg.MetadataValue.md(_unknown_columns(result)),

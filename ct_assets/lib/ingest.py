@@ -37,6 +37,13 @@ from ct_assets.lib.validation import (
     validate_timestamps,
 )
 
+# A range is ingested in chunks of whole partitions whose landed files hold about this many
+# bytes, so a run's memory is bounded by the chunk, not by the range (benchmarks/scale.py: 10M
+# rows read at once peaked at 7.1 GiB). A Parquet byte counts PARQUET_WEIGHT times (compressed:
+# it holds several times the rows of a CSV byte).
+CHUNK_BYTES = 64 * 1024 * 1024
+PARQUET_WEIGHT = 3
+
 # Reads the first and last partition key of a landed file (data or label file), or None.
 RangeReader = Callable[[LandedFile, Config], "tuple[str, str] | None"]
 
@@ -223,6 +230,74 @@ def ingest_window(
     result.timings = {"read_validate_s": read_done - began,
                       "deduplicate_s": time.perf_counter() - read_done}
     return result
+
+
+def plan_chunks(config: Config, catalog: FileCatalog, keys: list[str],
+                max_bytes: int | None = None) -> list[list[str]]:
+    """Split the consecutive partitions `keys` into chunks, each reading about `max_bytes`.
+
+    A window whose landed files fit the budget is one chunk, decided from the listing alone.
+    Otherwise each file's partitions come from the catalog (or its timestamp column), and a
+    chunk grows while the files overlapping it fit the budget, or while the next partition
+    brings no file the chunk does not already read: a file larger than the budget is read
+    once, not once per partition. A file spanning two chunks is read by both. Files that
+    cannot be read do not shape the chunks (ingestion quarantines them).
+    """
+    if not keys:
+        return []
+    budget = CHUNK_BYTES if max_bytes is None else max_bytes
+    files = [file for file in discover(config.landing_dir)
+             if not file.problem and catalog.may_overlap(file, keys[0], keys[-1])]
+    if sum(_weight(file) for file in files) <= budget:
+        return [keys]
+    covering: dict[str, dict[str, int]] = {key: {} for key in keys}
+    for file in files:
+        found = catalog.range_of(file, config, file_partition_range)
+        for key in keys if found else ():
+            if found[0] <= key <= found[1]:
+                covering[key][file.relpath] = _weight(file)
+    chunks: list[list[str]] = [[]]
+    held: dict[str, int] = {}  # the files the current chunk reads
+    for key in keys:
+        new = {path: size for path, size in covering[key].items() if path not in held}
+        if chunks[-1] and new and sum(held.values()) + sum(new.values()) > budget:
+            chunks.append([])
+            held, new = {}, covering[key]
+        chunks[-1].append(key)
+        held.update(new)
+    return chunks
+
+
+def _weight(file: LandedFile) -> int:
+    """A file's size in CSV-equivalent bytes (see `PARQUET_WEIGHT`)."""
+    parquet = file.path.suffix.lower() == ".parquet"
+    return file.size * (PARQUET_WEIGHT if parquet else 1)
+
+
+def merge_results(results: list[IngestResult]) -> IngestResult:
+    """One `IngestResult` for a range ingested in chunks, without the rows (they were written).
+
+    A file read by several chunks counts once; the last listing of the landing dir stands.
+    """
+    merged = IngestResult(pl.DataFrame(), pl.DataFrame(schema=REJECTED_SCHEMA), {}, [], [])
+    rejected: dict[str, tuple[LandedFile, str]] = {}
+    for result in results:
+        merged.unplaced_rows.update(result.unplaced_rows)
+        merged.unknown_columns.update(result.unknown_columns)
+        merged.good_files.extend(path for path in result.good_files
+                                 if path not in merged.good_files)
+        rejected.update({file.relpath: (file, reason) for file, reason in result.rejected_files})
+        for name, seconds in result.timings.items():
+            merged.timings[name] = merged.timings.get(name, 0.0) + seconds
+    if results:
+        merged.present_files, merged.listed = results[-1].present_files, results[-1].listed
+    frames = [result.rejected_rows for result in results if result.rejected_rows.height]
+    if frames:
+        merged.rejected_rows = pl.concat(frames)
+    merged.rejected_files = list(rejected.values())
+    merged.files_read = len(merged.good_files)
+    merged.files_skipped = len(set(merged.present_files) - set(merged.good_files) - set(rejected))
+    return merged
 
 
 def read_window_files(directory: Path, catalog: FileCatalog, window_keys: list[str],

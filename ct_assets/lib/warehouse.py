@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -78,7 +79,7 @@ class Warehouse:
         Each of `chunks` builds one frame when called (it may read other tables of this
         warehouse meanwhile, through their own connections); one frame is held at a time.
         A single chunk is written as `replace_range` writes a frame. Several are appended to a
-        staging table (`staging.<table>`) one by one, each committed, then the range is
+        staging table (`staging.<table>_<random>`) one by one, each committed, then the range is
         replaced from it in one transaction that also drops it. Why not append them inside
         that transaction: DuckDB holds rows appended in an open transaction in memory until it
         commits, about 300 MB per million prediction rows (duckdb 1.5: ten 1M-row chunks
@@ -103,9 +104,9 @@ class Warehouse:
                 finally:
                     if chunks:
                         connection.unregister("incoming")
-            staging = f"{STAGING_SCHEMA}.{quote_identifier(table)}"
+            # Named for this call: two writers of one table never share a staging table.
+            staging = f"{STAGING_SCHEMA}.{quote_identifier(f'{table}_{uuid.uuid4().hex[:12]}')}"
             connection.execute(f"CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA}")
-            connection.execute(f"DROP TABLE IF EXISTS {staging}")
             try:
                 for number, build in enumerate(chunks):
                     connection.register("incoming", build().to_arrow())

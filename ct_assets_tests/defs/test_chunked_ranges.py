@@ -114,3 +114,56 @@ def test_range_runs_read_one_chunk_at_a_time_and_write_what_one_pass_computes(
         drifted[key] = verdict["drifted"]
     assert drifted[KEYS[-1]] and not drifted[KEYS[0]]  # the drift is found where it was put
     assert set(feature_schema(config)) <= set(features.columns)
+
+
+def test_a_range_is_ingested_in_chunks_as_one_scan_ingests_it(tmp_path, monkeypatch):
+    """Ten days in one `raw_events` run, read in chunks of about two days' files, land the
+    same rows and quarantine the same rows and files as one scan of the range; a file that
+    spans two chunks is read by both and its rows land once."""
+    from ct_assets.lib import ingest as ingest_module
+    from ct_assets.lib.quarantine import Quarantine
+
+    landed: dict[str, tuple[pl.DataFrame, list[dict]]] = {}
+    chunks: dict[str, int] = {}
+    reads: dict[str, list[str]] = defaultdict(list)
+    for name in ("one_scan", "chunked"):
+        config = project(tmp_path / name)
+        days = sorted(config.landing_dir.glob("*.parquet"))
+        # Two rows of day 2 and two of day 3 again, in one CSV spanning both: duplicates
+        # of ids landed in the Parquet files; and a file that cannot be read.
+        spanning = pl.concat([pl.read_parquet(days[1]).head(2), pl.read_parquet(days[2]).head(2)])
+        spanning.write_csv(config.landing_dir / "again.csv")
+        (config.landing_dir / "broken.csv").write_bytes(b"\x00\x01 not a csv\n\xff")
+        if name == "chunked":
+            largest = max(day.stat().st_size for day in days) * ingest_module.PARQUET_WEIGHT
+            budget = largest * 5 // 2  # two days' files and the small CSV
+            monkeypatch.setattr(ingest_module, "CHUNK_BYTES", budget)
+        original = ingest_module.read_landed_file
+
+        def recorded(file, *args, _name=name, _original=original, **kwargs):
+            reads[_name].append(file.relpath)
+            return _original(file, *args, **kwargs)
+
+        monkeypatch.setattr(ingest_module, "read_landed_file", recorded)
+        defs = build_definitions(config)
+        with dg.instance_for_test() as instance:
+            defs.resolve_job_def("data_job").execute_in_process(
+                instance=instance, tags={RANGE_START_TAG: KEYS[0], RANGE_END_TAG: KEYS[-1]},
+                run_config=QUIET, raise_on_error=True)
+            event = instance.get_latest_materialization_event(dg.AssetKey("raw_events"))
+            chunks[name] = event.asset_materialization.metadata["run_chunks"].value
+        monkeypatch.undo()
+        rows = Warehouse(config.warehouse_path).query("SELECT * FROM raw_events")
+        entries = Quarantine(config.quarantine_dir).entries()
+        landed[name] = (rows.sort("transaction_id"),
+                        sorted(({k: v for k, v in entry.items() if k != "detected_at"}
+                                for entry in entries), key=str))
+
+    assert chunks == {"one_scan": 1, "chunked": 5}
+    assert_frame_equal(landed["chunked"][0], landed["one_scan"][0])
+    assert landed["chunked"][1] == landed["one_scan"][1]
+    checks = {entry["check"] for entry in landed["chunked"][1]}
+    assert {"bad_file", "duplicate_id"} <= checks
+    assert landed["one_scan"][0].height == 10 * ROWS
+    assert reads["chunked"].count("again.csv") == 2  # it spans the chunks of days 2 and 3
+    assert sorted(set(reads["chunked"])) == sorted(set(reads["one_scan"]))

@@ -14,7 +14,13 @@ import pytest
 
 from ct_assets.lib import files
 from ct_assets.lib.config import Config, config_from_dict
-from ct_assets.lib.ingest import FileCatalog, IngestResult, ingest_window, landed_partitions
+from ct_assets.lib.ingest import (
+    FileCatalog,
+    IngestResult,
+    ingest_window,
+    landed_partitions,
+    plan_chunks,
+)
 from ct_assets.lib.validation import (
     CHECK,
     PARTITION,
@@ -715,3 +721,28 @@ def test_landed_partitions_reports_new_files_pending_and_known_ones_landed(tmp_p
     landed, pending = landed_partitions(config, catalog)
     assert pending == {"2026-01-01", "2026-01-02", "2026-01-03", "2026-01-05", "2026-01-07"}
     assert landed == {"2026-01-05", "2026-01-07"}
+
+
+def test_chunks_follow_the_bytes_of_the_files_they_read(tmp_path):
+    """Chunks of whole days grow while their files fit the budget; a file larger than the
+    budget is read by one chunk, not once per partition; a window that fits is one chunk
+    without reading any file."""
+    config = make_config(tmp_path)
+    days = [DAY1 + dt.timedelta(days=offset) for offset in range(4)]
+    keys = [day.isoformat() for day in days]
+    for day in days:
+        write_csv(config, f"day_{day}.csv", *(f"{day}-{n},{day}T{n % 24:02d}:00:00,1,a,0"
+                                              for n in range(50)))
+    sizes = [(config.landing_dir / f"day_{day}.csv").stat().st_size for day in days]
+    catalog = FileCatalog(tmp_path / "catalog.json")
+    assert plan_chunks(config, catalog, keys, max_bytes=sum(sizes)) == [keys]
+    assert catalog.entries == {}  # decided from the listing: nothing read
+    assert plan_chunks(config, catalog, keys, max_bytes=max(sizes) * 2) == [keys[:2], keys[2:]]
+    assert plan_chunks(config, catalog, keys, max_bytes=1) == [[key] for key in keys]
+    assert plan_chunks(config, catalog, [], max_bytes=1) == []
+
+    everything = "\n".join(f"big-{n},{days[n % 4]}T01:00:00,1,a,0" for n in range(400))
+    for day in days:
+        (config.landing_dir / f"day_{day}.csv").unlink()
+    write_csv(config, "all_days.csv", everything)
+    assert plan_chunks(config, catalog, keys, max_bytes=10) == [keys]
