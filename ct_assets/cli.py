@@ -15,6 +15,8 @@ from ct_assets.lib.config import Config, ConfigError, load_config
 from ct_assets.lib.model_store import ModelStoreError
 
 INSTANCE_TEMPLATE = "templates/dagster.yaml"  # package data of ct_assets
+# Other instance configs the package ships: copied as they are, `ct` does not warn about them.
+SHIPPED_INSTANCE_TEMPLATES = ("templates/dagster-postgres.yaml",)
 
 
 def prepare_dagster_home(config: Config) -> Path:
@@ -23,7 +25,8 @@ def prepare_dagster_home(config: Config) -> Path:
     A home without `dagster.yaml` gets the package's template (telemetry off, the `duckdb`
     concurrency pool that keeps runs from racing for the warehouse lock, run monitoring),
     wherever the project's `ct.yaml` lives. An existing `dagster.yaml` (Postgres storage, say)
-    is never replaced: when it differs from the template, a warning on stderr names both.
+    is never replaced: when it differs from the template and from the Postgres template
+    (copied as the README shows), a warning on stderr names them.
 
     Returns:
         The Dagster home directory in use.
@@ -48,10 +51,14 @@ def prepare_dagster_home(config: Config) -> Path:
             pass
         finally:
             temporary.unlink()
-    if not _same_settings(target.read_bytes(), wanted):
-        print(f"ct: warning: keeping {target}, which differs from the ct_assets template "
-              f"{template} (an existing instance config is never overwritten; check that it "
-              "still limits the `duckdb` concurrency pool to 1)", file=sys.stderr)
+    existing = target.read_bytes()
+    shipped = [resources.files("ct_assets").joinpath(name).read_bytes()
+               for name in SHIPPED_INSTANCE_TEMPLATES]
+    if not any(_same_settings(existing, known) for known in [wanted, *shipped]):
+        print(f"ct: warning: keeping {target}, which differs from the ct_assets templates "
+              f"({template}, {', '.join(SHIPPED_INSTANCE_TEMPLATES)}): an existing instance "
+              "config is never overwritten; check that it still limits the `duckdb` "
+              "concurrency pool to 1", file=sys.stderr)
     return home
 
 

@@ -49,6 +49,20 @@ def test_an_existing_instance_config_is_left_as_it_is_with_a_warning(tmp_path, m
     assert str(home / "dagster.yaml") in captured.err and str(template()) in captured.err
 
 
+def test_the_shipped_postgres_template_copied_as_the_readme_shows_is_not_warned_about(
+        tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    shipped = resources.files("ct_assets").joinpath("templates/dagster-postgres.yaml")
+    (home / "dagster.yaml").write_bytes(shipped.read_bytes())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["--config", str(ROOT / "ct.yaml"), "home"]) == 0
+    assert capsys.readouterr().err == ""
+    (home / "dagster.yaml").write_bytes(shipped.read_bytes().replace(b"limit: 1", b"limit: 4"))
+    assert main(["--config", str(ROOT / "ct.yaml"), "home"]) == 0
+    assert "warning" in capsys.readouterr().err  # edited: no longer the shipped one
+
+
 def test_a_config_outside_the_repository_gets_the_duckdb_pool(tmp_path, no_dagster_home,
                                                                capsys):
     project = tmp_path / "elsewhere"
