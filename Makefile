@@ -38,7 +38,7 @@ postgresql:
 ## daemon test when they are missing), one test file per worker on two workers: the daemon and
 ## the retraining-loop files run side by side
 test: $(STAMP) $(CHROMIUM) postgresql
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
 dev: $(STAMP)

@@ -71,7 +71,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import special, stats
 
 from ct_assets.lib.config import DriftConfig
 
@@ -477,6 +476,8 @@ def ks_pvalue(statistic: float, n: int, m: int) -> float:
         except (ImportError, TypeError, ValueError, ArithmeticError):
             pass
     effective = round(n * m / (n + m))
+    from scipy import stats  # imported when first needed: 1.5 s of every process's start
+
     return float(np.clip(stats.kstwo.sf(statistic, effective), 0.0, 1.0))
 
 
@@ -553,6 +554,8 @@ def _wasserstein_distance(ref: NumericReference, current: np.ndarray) -> float:
 def _shares_distance(method: str, ref_counts: np.ndarray,
                      cur_counts: np.ndarray) -> tuple[float, float | None, str | None]:
     """Statistic, p-value and note of a binned method on aligned counts."""
+    from scipy import special, stats  # imported when first needed (see `ks_pvalue`)
+
     ref_counts = ref_counts.astype(np.float64)
     cur_counts = cur_counts.astype(np.float64)
     ref_share = ref_counts / ref_counts.sum()
