@@ -102,28 +102,12 @@ def poll(what: str, condition: Callable[[], Any], timeout: float, every: float,
         time.sleep(every)
 
 
-def quiet_for(home: Path, seconds: float) -> Callable[[], bool]:
-    """A condition: no run of the instance in `home` has been queued or running for `seconds`."""
-    state: dict[str, float | None] = {"since": None}
-
-    def check() -> bool:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            busy = instance.get_runs(dg.RunsFilter(statuses=ACTIVE), limit=1)
-        if busy:
-            state["since"] = None
-            return False
-        state["since"] = state["since"] or time.monotonic()
-        return time.monotonic() - state["since"] >= seconds
-
-    return check
-
-
 def idle_for(home: Path, seconds: float) -> Callable[[], bool]:
     """A condition: no run queued or running and no backfill in progress, for `seconds`.
 
-    Stricter than `quiet_for`: the automation sensor (`emit_backfills`) and the UI hand
-    requests to the backfill daemon as backfills, which can sit without a run for a while (the
-    backfill daemon iterates about every 30 s), so no run does not mean nothing is pending.
+    Backfills count: the automation sensor (`emit_backfills`) and the UI hand requests to the
+    backfill daemon as backfills, which can sit without a run for a while (the backfill daemon
+    iterates about every 30 s), so no run does not mean nothing is pending.
     """
     from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 

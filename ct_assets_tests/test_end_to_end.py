@@ -53,7 +53,7 @@ from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
-from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, poll, quiet_for, webserver
+from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, idle_for, poll, webserver
 from ct_assets_tests.postgres import PostgresServer, private_postgres, sqlite_files
 
 INTERVAL = 5  # seconds between two ticks of each sensor (30 by default)
@@ -119,6 +119,14 @@ class Project:
             return instance.event_log_storage.get_asset_check_execution_history(
                 DRIFT_CHECK, limit=1)[0]
 
+    def latest_scored_by(self) -> str | None:
+        """The model version of the latest `predictions` materialization."""
+        with self.instance() as instance:
+            event = instance.get_latest_materialization_event(dg.AssetKey("predictions"))
+        if event is None or event.asset_materialization is None:
+            return None
+        return event.asset_materialization.metadata["model_version"].value
+
     def materialized(self, asset: str) -> set[str]:
         with self.instance() as instance:
             return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
@@ -153,9 +161,9 @@ class Project:
         return poll(what, condition, timeout, every, lambda: (
             f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}"))
 
-    def quiet_for(self, seconds: float) -> Callable[[], bool]:
-        """A condition: no run has been queued or running for `seconds`."""
-        return quiet_for(self.home, seconds)
+    def idle_for(self, seconds: float) -> Callable[[], bool]:
+        """A condition: no run queued or running and no backfill in progress, for `seconds`."""
+        return idle_for(self.home, seconds)
 
 
 def check_ui(project: Project, tmp_path: Path, retrain: dg.DagsterRun, version: str,
@@ -300,8 +308,12 @@ def test_daemon_ingests_trains_detects_drift_and_retrains_once(
                                         "raw_events"] for assets in later), project.describe()
         assert second["version"] != first["version"]
         assert second["previous"] == first["version"]
-        # the new model re-checks the latest partition, whose drift it has already answered
-        project.wait_for("the runs to settle", project.quiet_for(3 * INTERVAL), SETTLE_TIMEOUT)
+        # the new model re-scores and re-checks the latest partition, whose drift it has
+        # already answered (the automation sensor asks for it, as a backfill)
+        project.wait_for("the latest partition re-scored by the new model",
+                         lambda: project.latest_scored_by() == second["version"],
+                         DRIFT_RETRAIN_TIMEOUT)
+        project.wait_for("the runs to settle", project.idle_for(3 * INTERVAL), SETTLE_TIMEOUT)
 
         retrains = project.drift_runs()
         assert len(retrains) == 1, project.describe()
@@ -336,7 +348,7 @@ def test_daemon_ingests_trains_detects_drift_and_retrains_once(
                          lambda: drift_ticks(project.daemon.log, offset) >= 2,
                          RESTART_TIMEOUT, every=2)
         project.wait_for("the runs to settle after the restart",
-                         project.quiet_for(INTERVAL), SETTLE_TIMEOUT)
+                         project.idle_for(INTERVAL), SETTLE_TIMEOUT)
         assert [run.run_id for run in project.drift_runs()] == [retrain.run_id], (
             project.describe())
         assert project.deployed()["version"] == second["version"]
