@@ -10,6 +10,11 @@ CHROMIUM := /usr/bin/chromium
 # postgresql binaries (/usr/lib/postgresql/<version>/bin), whatever version the release ships.
 POSTGRES_BIN = $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The tests' temporary files (SQLite instances, DuckDB files, model stores) go to tmpfs when the
+# machine has one: every Dagster event is a SQLite commit, and on disk each waits for fsync
+# (defs/test_lifecycle.py: 80 s on disk, 70 s on /dev/shm). Removed after a passing run, kept
+# for a look after a failing one (pytest clears it at the next run).
+TEST_TMP := $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm/ct_assets_tests-$$(id -u))
 
 .PHONY: demo test dev serve lint bench clean postgresql
 
@@ -35,10 +40,12 @@ postgresql:
 	fi
 
 ## test: the whole suite (installs Debian's chromium for the UI test and postgresql for the
-## daemon test when they are missing), one test file per worker on two workers: the daemon and
-## the retraining-loop files run side by side
+## daemon test when they are missing), one test file per worker on two workers, the longest
+## files first (ct_assets_tests/conftest.py)
 test: $(STAMP) $(CHROMIUM) postgresql
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+		$(if $(TEST_TMP),--basetemp=$(TEST_TMP))
+	$(if $(TEST_TMP),rm -rf $(TEST_TMP))
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
 dev: $(STAMP)
