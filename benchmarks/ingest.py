@@ -21,7 +21,6 @@ import datetime as dt
 import functools
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import polars as pl
+from machine import machine_info
 
 from ct_assets.definitions import build_definitions
 from ct_assets.defs import features as features_defs
@@ -229,22 +228,6 @@ def attribute_dagster(config: Config, first: str, last: str, instance_kind: str
             "event_log_writes": event_log}
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, Python and library versions of this run."""
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu_count": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "platform": platform.platform(), "python": sys.version.split()[0],
-            "polars": pl.__version__, "duckdb": duckdb.__version__, "dagster": dg.__version__,
-            "polars_threads": pl.thread_pool_size(),
-            "load_average_1m": round(os.getloadavg()[0], 2)}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write the JSON, print a summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -310,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                   "instance; building the definitions is dagster_definitions_seconds, outside "
                   "the ratio. The bare path skips what only the assets do: the raw_events "
                   "checks and the materialization metadata."),
-        "machine": {**machine_info(), "load_average_1m_before": load_before},
+        "machine": machine_info(("polars", "duckdb", "dagster"),
+                                polars_threads=pl.thread_pool_size(),
+                                load_average_1m_before=load_before),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

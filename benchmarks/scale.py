@@ -49,7 +49,6 @@ import datetime as dt
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -57,6 +56,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
@@ -457,23 +458,6 @@ def print_table(sizes: list[dict[str, Any]], assessment: dict[str, Any]) -> None
     print(f"  all met: {assessment['goals']['all_met']}")
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, Python and library versions, and the load when the run started."""
-    from importlib.metadata import version
-
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "memory_gib": round(memory, 1),
-            "platform": platform.platform(), "python": platform.python_version(),
-            **{name: version(name) for name in ("dagster", "duckdb", "polars", "lightgbm")}}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run every size, write the JSON, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -543,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             "incremental": f"best of {args.repeat} runs of the one new partition",
         },
         "total_seconds": round(total, 1),
-        "machine": {**machine_info(), "load_average_1m_before": load_before,
-                    "load_average_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": machine_info(("dagster", "duckdb", "polars", "lightgbm"),
+                                load_average_1m_before=load_before,
+                                load_average_1m_after=round(os.getloadavg()[0], 2)),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

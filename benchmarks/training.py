@@ -36,7 +36,6 @@ import functools
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -46,7 +45,6 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +52,7 @@ import dagster as dg
 import lightgbm
 import numpy as np
 import polars as pl
+from machine import machine_info
 
 from ct_assets.definitions import build_definitions
 from ct_assets.defs import deployment as deployment_defs
@@ -416,28 +415,6 @@ def profile_scoring(defs: dg.Definitions, instance: dg.DagsterInstance, partitio
 
 # ------------------------------------------------------------------------------- report
 
-def machine_info() -> dict[str, Any]:
-    """CPU, Python and library versions of this run."""
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = ""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        memory = meminfo.read_text().splitlines()[0].split(":", 1)[1].strip()
-    names = ("lightgbm", "scikit-learn", "polars", "duckdb", "dagster", "numpy")
-    return {"cpu_count": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "memory": memory, "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            **{name: package_version(name) for name in names},
-            "polars_threads": pl.thread_pool_size(), "lightgbm_num_threads": 2,
-            "load_average_1m": round(os.getloadavg()[0], 2)}
-
-
 def _r(value: float, digits: int = 3) -> float:
     return round(value, digits)
 
@@ -609,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
                   "throughput is rows / the predictions step's wall time (verify sha256, load, "
                   "read, encode, predict, write to DuckDB, metadata); bare is rows / "
                   "Booster.predict on the already encoded matrix."),
-        "machine": {**machine_info(), "load_average_1m_before": load_before},
+        "machine": machine_info(
+            ("lightgbm", "scikit-learn", "polars", "duckdb", "dagster", "numpy"),
+            polars_threads=pl.thread_pool_size(), lightgbm_num_threads=2,
+            load_average_1m_before=load_before),
         "total_seconds": _r(time.perf_counter() - began, 1),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
