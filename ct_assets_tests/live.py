@@ -128,6 +128,77 @@ def idle_for(home: Path, seconds: float) -> Callable[[], bool]:
     return check
 
 
+class DaemonProject:
+    """A temporary project for a live daemon test: ct.yaml, storage, DAGSTER_HOME, the daemon.
+
+    DAGSTER_HOME holds the package's instance template `instance_template` (as a user gets
+    it); the environment shortens the sensors' interval to `interval` seconds.
+    """
+
+    def __init__(self, root: Path, config: dict[str, Any], interval: int,
+                 instance_template: str = "dagster.yaml"):
+        from importlib import resources
+
+        import yaml
+
+        from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
+        from ct_assets.lib.config import load_config
+        from ct_assets.lib.model_store import ModelStore
+
+        self.root = root
+        self.home = root / "dagster_home"
+        self.home.mkdir()
+        (self.home / "dagster.yaml").write_bytes(
+            resources.files("ct_assets").joinpath(f"templates/{instance_template}").read_bytes())
+        self.config_path = root / "ct.yaml"
+        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.config = load_config(self.config_path)
+        self.env = {**os.environ, "DAGSTER_HOME": str(self.home),
+                    "CT_CONFIG": str(self.config_path), SENSOR_INTERVAL_ENV: str(interval)}
+        self.daemon = Daemon(self.env, root / "daemon.log")
+        self.store = ModelStore(self.config.models_dir)
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    def run_records(self) -> list[dg.RunRecord]:
+        """Every run of the instance, oldest first."""
+        with self.instance() as instance:
+            return list(reversed(instance.get_run_records()))
+
+    def runs(self) -> list[dg.DagsterRun]:
+        return [record.dagster_run for record in self.run_records()]
+
+    def describe(self) -> str:
+        """Every run with its status and tags, and the deployed model: for failure messages."""
+        lines = ["runs:"]
+        try:
+            for record in self.run_records():
+                run = record.dagster_run
+                tags = {k: v for k, v in run.tags.items()
+                        if k.startswith("ct/") or k in (
+                            "dagster/partition", "dagster/asset_partition_range_start",
+                            "dagster/asset_partition_range_end", "dagster/run_key",
+                            "dagster/sensor_name", "dagster/backfill")}
+                assets = sorted(k.to_user_string() for k in run.asset_selection or ())
+                lines.append(f"  {record.create_timestamp:%H:%M:%S} {run.run_id[:8]} "
+                             f"{run.job_name} {run.status.value} {assets or ''} {tags}")
+        except Exception as error:  # diagnostics must never hide the real failure
+            lines.append(f"  (could not read runs: {error!r})")
+        lines.append(f"deployed: {self.store.deployed()}")
+        return "\n".join(lines)
+
+    def wait_for(self, what: str, condition: Callable[[], Any], timeout: float,
+                 every: float = 3.0) -> Any:
+        """Poll `condition` until it returns something truthy; fail with diagnostics."""
+        return poll(what, condition, timeout, every, lambda: (
+            f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}"))
+
+    def idle_for(self, seconds: float) -> Callable[[], bool]:
+        """A condition: no run queued or running and no backfill in progress, for `seconds`."""
+        return idle_for(self.home, seconds)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -43,18 +41,15 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-import yaml
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
 from ct_assets import cli
 from ct_assets.definitions import build_definitions
-from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
-from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.validation import PARTITION
-from ct_assets_tests.live import BIN, ROOT, Daemon, idle_for, poll
+from ct_assets_tests.live import BIN, ROOT, DaemonProject
 
 INTERVAL = 5  # seconds between two ticks of each sensor
 HISTORY_DAYS, NEW_DAYS, BACKFILL_DAYS, ROWS_PER_DAY = 62, 3, 60, 250
@@ -69,54 +64,18 @@ SQLITE_LOCK = re.compile(r"database is locked", re.IGNORECASE)
 QUEUED = (dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING)
 
 
-class Project:
+class Project(DaemonProject):
     """A temporary simulator project, its instance and the daemon running on it."""
 
     def __init__(self, root: Path, first_day: dt.date):
-        self.root = root
-        self.home = root / "dagster_home"
-        self.home.mkdir()
-        shutil.copyfile(ROOT / "dagster.yaml", self.home / "dagster.yaml")
-        self.config_path = root / "ct.yaml"
-        self.config_path.write_text(yaml.safe_dump({
+        super().__init__(root, {
             "dataset": {"source": "simulator"},
             "partitions": {"start": first_day.isoformat()},
             "training": {"window": 10, "holdout": 3},
             # The test is about concurrency, not about the gate's noise on 250-row days.
             "gate": {"max_regression": 1.0},
             "storage": {"dir": str(root / "storage")},
-        }), encoding="utf-8")
-        self.config = load_config(self.config_path)
-        self.env = {**os.environ, "DAGSTER_HOME": str(self.home),
-                    "CT_CONFIG": str(self.config_path), SENSOR_INTERVAL_ENV: str(INTERVAL)}
-        self.daemon = Daemon(self.env, root / "daemon.log")
-        self.store = ModelStore(self.config.models_dir)
-
-    def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.home))
-
-    def run_records(self) -> list[dg.RunRecord]:
-        with self.instance() as instance:
-            return list(reversed(instance.get_run_records()))
-
-    def describe(self) -> str:
-        """Every run with its status and origin, and the deployed model: for failure messages."""
-        lines = ["runs:"]
-        try:
-            for record in self.run_records():
-                run = record.dagster_run
-                lines.append(f"  {record.create_timestamp:%H:%M:%S} {run.run_id[:8]} "
-                             f"{run.job_name} {run.status.value} {origin(run)} "
-                             f"{sorted(k.to_user_string() for k in run.asset_selection or ())}")
-        except Exception as error:  # diagnostics must never hide the real failure
-            lines.append(f"  (could not read runs: {error!r})")
-        lines.append(f"deployed: {self.store.deployed()}")
-        return "\n".join(lines)
-
-    def wait_for(self, what: str, condition: Callable[[], object], timeout: float,
-                 every: float = 2.0) -> object:
-        return poll(what, condition, timeout, every, lambda: (
-            f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}"))
+        }, INTERVAL)
 
 
 def origin(run: dg.DagsterRun) -> str:
@@ -350,7 +309,7 @@ def test_manual_retrain_backfill_and_landing_at_once(
         project.wait_for("the backfill, the manual retrain and the new days", settled,
                          SETTLE_TIMEOUT)
         project.wait_for("no run queued or running and no backfill in progress",
-                         idle_for(project.home, QUIET_SECONDS), SETTLE_TIMEOUT)
+                         project.idle_for(QUIET_SECONDS), SETTLE_TIMEOUT)
         wall = time.monotonic() - started - QUIET_SECONDS
     finally:
         for client in clients:

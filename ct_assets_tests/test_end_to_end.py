@@ -38,22 +38,17 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
-import yaml
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,  # no public export in 1.13
 )
 
-from ct_assets.defs.automation import SENSOR_INTERVAL_ENV
 from ct_assets.defs.metadata import REASON_TAG
-from ct_assets.lib.config import load_config
-from ct_assets.lib.model_store import ModelStore
-from ct_assets_tests.live import BIN, ROOT, Daemon, chromium_page, idle_for, poll, webserver
+from ct_assets_tests.live import BIN, ROOT, DaemonProject, chromium_page, webserver
 from ct_assets_tests.postgres import PostgresServer, private_postgres, sqlite_files
 
 INTERVAL = 5  # seconds between two ticks of each sensor (30 by default)
@@ -67,16 +62,11 @@ DRIFT_TICK = "Sensor drift_sensor"  # the daemon logs "Sensor drift_sensor skipp
 STORAGE_ENV = "CT_E2E_STORAGE"  # `postgres` (default) or `sqlite`: the instance the loop runs on
 
 
-class Project:
+class Project(DaemonProject):
     """A temporary project: ct.yaml, storage, DAGSTER_HOME, and the daemon running on it."""
 
     def __init__(self, root: Path, first_day: dt.date, instance_template: str):
-        self.root = root
-        self.home = root / "dagster_home"
-        self.home.mkdir()
-        (self.home / "dagster.yaml").write_bytes(  # the package's copy, as a user gets it
-            resources.files("ct_assets").joinpath(f"templates/{instance_template}").read_bytes())
-        config = {
+        super().__init__(root, {
             "dataset": {"source": "simulator"},
             "partitions": {"start": first_day.isoformat()},
             "training": {"window": 10, "holdout": 3},
@@ -85,25 +75,11 @@ class Project:
             # a few hundredths either way; the test is about the loop, not that noise.
             "gate": {"max_regression": 0.05},
             "storage": {"dir": str(root / "storage")},
-        }
-        self.config_path = root / "ct.yaml"
-        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.config = load_config(self.config_path)
-        self.env = {**os.environ, "DAGSTER_HOME": str(self.home),
-                    "CT_CONFIG": str(self.config_path), SENSOR_INTERVAL_ENV: str(INTERVAL)}
-        self.daemon = Daemon(self.env, root / "daemon.log")
-        self.store = ModelStore(self.config.models_dir)
+        }, INTERVAL, instance_template)
 
     def simulate(self, *args: str) -> None:
         subprocess.run([str(BIN / "ct"), "simulate", "--rows-per-day", str(ROWS_PER_DAY),
                         *args], cwd=ROOT, env=self.env, check=True, capture_output=True)
-
-    def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.home))
-
-    def runs(self) -> list[dg.DagsterRun]:
-        with self.instance() as instance:
-            return list(reversed(instance.get_runs()))
 
     def drift_runs(self) -> list[dg.DagsterRun]:
         return [run for run in self.runs() if run.job_name == "retrain_job"
@@ -133,37 +109,6 @@ class Project:
 
     def deployed(self) -> dict[str, Any] | None:
         return self.store.deployed()
-
-    def describe(self) -> str:
-        """Every run with its status and tags, and the deployed model: for failure messages."""
-        lines = ["runs:"]
-        try:
-            with self.instance() as instance:
-                for run in reversed(instance.get_runs()):
-                    record = instance.get_run_record_by_id(run.run_id)
-                    created = record.create_timestamp.strftime("%H:%M:%S") if record else "?"
-                    tags = {k: v for k, v in run.tags.items()
-                            if k.startswith("ct/") or k in (
-                                "dagster/partition", "dagster/asset_partition_range_start",
-                                "dagster/asset_partition_range_end", "dagster/run_key",
-                                "dagster/sensor_name", "dagster/backfill")}
-                    assets = sorted(k.to_user_string() for k in run.asset_selection or ())
-                    lines.append(f"  {created} {run.run_id[:8]} {run.job_name} "
-                                 f"{run.status.value} {assets or ''} {tags}")
-        except Exception as error:  # diagnostics must never hide the real failure
-            lines.append(f"  (could not read runs: {error!r})")
-        lines.append(f"deployed: {self.deployed()}")
-        return "\n".join(lines)
-
-    def wait_for(self, what: str, condition: Callable[[], Any], timeout: float,
-                 every: float = 3.0) -> Any:
-        """Poll `condition` until it returns something truthy; fail with diagnostics."""
-        return poll(what, condition, timeout, every, lambda: (
-            f"{self.describe()}\n--- daemon log tail ---\n{self.daemon.tail()}"))
-
-    def idle_for(self, seconds: float) -> Callable[[], bool]:
-        """A condition: no run queued or running and no backfill in progress, for `seconds`."""
-        return idle_for(self.home, seconds)
 
 
 def check_ui(project: Project, tmp_path: Path, retrain: dg.DagsterRun, version: str,
