@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 import dagster as dg
+import psycopg2  # comes with dagster-postgres
 import pytest
 import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
@@ -76,6 +77,11 @@ def test_an_instance_on_the_template_keeps_runs_events_and_pool_slots_in_postgre
                            "GROUP BY concurrency_key")
             assert cursor.fetchall() == [("duckdb", 1)]
         connection.close()
+        # the server checks the password (md5, cheaper per connection than SCRAM): a wrong one
+        # is refused
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(host=server.host, port=server.port, user=server.user,
+                             password=server.password + "x", dbname=server.database).close()
     assert sqlite_files(home) == []
     assert not server.directory.exists()  # stopped and removed when the block ended
     with pytest.raises(OSError):
