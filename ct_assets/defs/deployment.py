@@ -18,7 +18,12 @@ from ct_assets.defs.metadata import (
 )
 from ct_assets.defs.monitoring_events import recorded_drift_timeline, retrain_partitions
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
-from ct_assets.defs.runs import check_in_runs, materialization_in_runs, run_lineage
+from ct_assets.defs.runs import (
+    check_in_runs,
+    holds_warehouse,
+    materialization_in_runs,
+    run_lineage,
+)
 from ct_assets.lib.config import Config, parse_duration
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD
 from ct_assets.lib.features import key_window, passthrough_columns
@@ -180,6 +185,7 @@ def build_deployment_assets(config: Config, partitions_def: dg.PartitionsDefinit
         automation_condition=follows_upstream(),
         metadata={"dagster/table_name": "warehouse.main.predictions"},
     )
+    @holds_warehouse
     def predictions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                     model_store: ModelStoreResource) -> dg.MaterializeResult:
         """Each partition scored by the deployed model, with the model version on every row.

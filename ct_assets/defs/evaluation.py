@@ -5,6 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from ct_assets.defs.resources import WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.backtest import POLICIES, backtest, chart_png, results_table
 from ct_assets.lib.config import Config
 from ct_assets.lib.reports import markdown_image, markdown_table
@@ -22,6 +23,7 @@ def build_evaluation_assets(project: Config) -> list[dg.AssetsDefinition]:
 
     @dg.asset(group_name="evaluation", kinds={"duckdb", "matplotlib"}, pool="duckdb",
               metadata={"dagster/table_name": "warehouse.main.policy_backtest"})
+    @holds_warehouse
     def policy_backtest(config: BacktestConfig,
                         warehouse: WarehouseResource) -> dg.MaterializeResult:
         """Retraining policies replayed over the landed history: which one pays, and at what cost.

@@ -9,6 +9,7 @@ import polars as pl
 from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.metadata import column_schema, frame_metadata, record_partition_metadata
 from ct_assets.defs.resources import WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.config import Config
 from ct_assets.lib.features import (
     build_features,
@@ -45,6 +46,7 @@ def build_feature_assets(
         metadata={"dagster/table_name": "warehouse.main.features",
                   "feature_count": len(schema)},
     )
+    @holds_warehouse
     def features(context: dg.AssetExecutionContext,
                  warehouse: WarehouseResource) -> dg.MaterializeResult:
         """Model inputs of each partition: typed columns, cyclical time, recent-mean ratios.

@@ -12,6 +12,7 @@ from ct_assets.defs.metadata import (
     record_partition_metadata,
 )
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.config import Config
 from ct_assets.lib.features import key_window
 from ct_assets.lib.ingest import (
@@ -54,6 +55,7 @@ def build_ingest_assets(
                      for name, text in RAW_EVENTS_CHECKS.items()],
         metadata={"dagster/table_name": "warehouse.main.raw_events"},
     )
+    @holds_warehouse
     def raw_events(
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,

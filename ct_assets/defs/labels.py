@@ -7,6 +7,7 @@ import polars as pl
 
 from ct_assets.defs.metadata import range_check_results, record_partition_metadata
 from ct_assets.defs.resources import QuarantineResource, WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import FileCatalog, partition_keys
 from ct_assets.lib.labels import (
@@ -48,6 +49,7 @@ def build_label_assets(config: Config, partitions_def: dg.PartitionsDefinition
                      for name, text in LABEL_CHECKS.items()],
         metadata={"dagster/table_name": "warehouse.main.labels"},
     )
+    @holds_warehouse
     def labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                quarantine: QuarantineResource) -> dg.MaterializeResult:
         """Labels that became known in each partition, joined to their rows by id.

@@ -28,6 +28,7 @@ from ct_assets.defs.monitoring_events import (
     unmeasured_reason,
 )
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.config import Config
 from ct_assets.lib.drift import REPORT_SCHEMA
 from ct_assets.lib.evaluation import OPERATING_THRESHOLD, compute_metrics
@@ -98,6 +99,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                         "statistic, threshold and p-value.")],
         metadata={"dagster/table_name": "warehouse.main.drift_report"},
     )
+    @holds_warehouse
     def drift_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      model_store: ModelStoreResource):
         """Per-feature drift of each partition against the deployed model's training reference.
@@ -150,6 +152,7 @@ def build_monitoring_assets(config: Config, partitions_def: dg.PartitionsDefinit
                         "rule.")],
         metadata={"dagster/table_name": "warehouse.main.model_performance"},
     )
+    @holds_warehouse
     def model_performance(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                           model_store: ModelStoreResource):
         """Realised performance of the deployed model on each partition, once labels are known.

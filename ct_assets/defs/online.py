@@ -10,6 +10,7 @@ import polars as pl
 from ct_assets.defs.automation import follows_upstream
 from ct_assets.defs.metadata import record_partition_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.defs.training import labelled_features
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import partition_keys
@@ -53,6 +54,7 @@ def build_online_assets(config: Config, partitions_def: dg.PartitionsDefinition,
         deps=["features", "deployed_model", *label_deps], group_name="training",
         kinds={"lightgbm", "duckdb"}, pool="duckdb", automation_condition=follows_upstream(),
     )
+    @holds_warehouse
     def model_update(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      model_store: ModelStoreResource) -> dg.MaterializeResult:
         """The deployed model continued on each newly labelled partition, through the gate.

@@ -8,10 +8,12 @@ instance's event log.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, TypeVar
 
 import dagster as dg
 from dagster._core.execution.plan.instance_concurrency_context import (
@@ -22,6 +24,7 @@ from dagster._core.execution.plan.instance_concurrency_context import (
 RETRAIN_TAG = "ct/retrain"
 PARENT_RUN_TAG = "dagster/parent_run_id"
 DUCKDB_POOL = "duckdb"
+Body = TypeVar("Body", bound=Callable[..., Any])
 
 
 def run_lineage(context: dg.AssetExecutionContext) -> list[str]:
@@ -91,3 +94,33 @@ def duckdb_slot(context: dg.AssetExecutionContext) -> Iterator[None]:
             yield
         finally:
             slots.free_step(step)
+
+
+def holds_warehouse(body: Body) -> Body:
+    """Run an asset body of the `duckdb` pool inside one warehouse session.
+
+    Put under `@dg.asset(pool="duckdb")`: the step holds the pool's slot, so no other run of the
+    instance opens the file meanwhile, and the body's many short connections share one open
+    database (`Warehouse.session`) instead of loading the catalog each time. The body's
+    `warehouse` resource argument names the file; without one it runs as it is. Generator
+    bodies (which yield results) keep the session until they finish.
+    """
+
+    def session(kwargs: dict[str, Any]) -> Any:
+        resource = kwargs.get("warehouse")
+        return resource.get().session() if resource is not None else nullcontext()
+
+    if inspect.isgeneratorfunction(body):
+        @functools.wraps(body)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with session(kwargs):
+                yield from body(*args, **kwargs)
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(body)
+    def function(*args: Any, **kwargs: Any) -> Any:
+        with session(kwargs):
+            return body(*args, **kwargs)
+
+    return function  # type: ignore[return-value]

@@ -14,6 +14,7 @@ import polars as pl
 from ct_assets.defs.automation import RANGE_END_TAG, RANGE_START_TAG, SENSOR_INTERVAL_SECONDS
 from ct_assets.defs.metadata import record_partition_metadata
 from ct_assets.defs.resources import WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.config import Config
 from ct_assets.lib.ingest import contiguous_ranges, partition_keys
 from ct_assets.lib.partition_figures import span
@@ -44,6 +45,7 @@ def build_serving_assets(config: Config, partitions_def: dg.PartitionsDefinition
         deps=["deployed_model"], group_name="serving", kinds={"duckdb", "polars"},
         pool="duckdb", metadata={"dagster/table_name": "warehouse.main.served_predictions"},
     )
+    @holds_warehouse
     def served_predictions(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                            ) -> dg.MaterializeResult:
         """Rows `ct serve` answered, by the partition they were received in.

@@ -11,7 +11,12 @@ import polars as pl
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG, frame_metadata, latest_metadata
 from ct_assets.defs.resources import ModelStoreResource, WarehouseResource
-from ct_assets.defs.runs import duckdb_slot, materialization_in_runs, run_lineage
+from ct_assets.defs.runs import (
+    duckdb_slot,
+    holds_warehouse,
+    materialization_in_runs,
+    run_lineage,
+)
 from ct_assets.lib.candidate import EVALUATION_DIR, fit_candidate
 from ct_assets.lib.config import Config
 from ct_assets.lib.features import offset_partitions
@@ -145,6 +150,7 @@ def build_training_assets(config: Config) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=["features", *label_deps], group_name="training",
               kinds={"duckdb", "polars"}, pool="duckdb", output_required=False,
               metadata={"dagster/table_name": "warehouse.main.training_set"})
+    @holds_warehouse
     def training_set(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      model_store: ModelStoreResource
                      ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:

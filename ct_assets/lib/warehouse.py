@@ -49,6 +49,23 @@ class Warehouse:
         finally:
             connection.close()
 
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Keep the file open for the block, so each `connect` inside it is cheap.
+
+        DuckDB shares one open database among a process's connections to a file: while this
+        one is open, a `connect` skips loading the catalog (5 ms instead of about 40 ms on a
+        600-column warehouse, measured on the 2-core machine; an asset step opens a dozen).
+        It also holds DuckDB's lock on the file for the whole block, so open it only where the
+        process has the warehouse to itself: the step of an asset in the `duckdb` pool.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keeper = duckdb.connect(str(self.path))
+        try:
+            yield
+        finally:
+            keeper.close()
+
     def table_exists(self, table: str) -> bool:
         """Whether `table` exists (False when the file does not exist yet)."""
         if not self.path.exists():

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
+from ct_assets.defs.resources import WarehouseResource
+from ct_assets.defs.runs import holds_warehouse
 from ct_assets.lib.warehouse import Warehouse, chunk_partitions
 
 DAY = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -95,3 +101,42 @@ def test_any_chunk_may_bring_new_columns(tmp_path):
     assert stored["value"].to_list() == [2] * 24 + [3] * 24
     assert stored["extra"].to_list() == ["x"] * 24 + [None] * 24
     assert stored["later"].to_list() == [None] * 24 + [1.5] * 24
+
+
+def another_process_can_open(path: Path) -> bool:
+    """Whether a new process can open the DuckDB file (no other process holds its lock)."""
+    return subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r})"
+                           ".close()"], capture_output=True, check=False).returncode == 0
+
+
+def test_a_session_shares_one_open_file_for_the_block_only(tmp_path):
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    with warehouse.session():
+        with warehouse.connect() as connection:
+            connection.execute("CREATE TABLE t AS SELECT 1 AS x")
+        with warehouse.connect() as connection:  # the same open database: sees the commit
+            assert connection.execute("SELECT x FROM t").fetchall() == [(1,)]
+        assert not another_process_can_open(warehouse.path)  # the lock is held meanwhile
+    assert another_process_can_open(warehouse.path)  # and given back when the block ends
+    assert warehouse.query("SELECT x FROM t")["x"].to_list() == [1]
+
+
+def test_an_asset_body_holds_the_warehouse_until_it_has_yielded_everything(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    seen = []
+
+    @dg.asset(pool="duckdb")
+    @holds_warehouse
+    def written(warehouse: WarehouseResource):
+        """A generator body: the session lasts until its last result."""
+        with warehouse.get().connect() as connection:
+            connection.execute("CREATE TABLE t AS SELECT 1 AS x")
+        seen.append(another_process_can_open(path))
+        yield dg.MaterializeResult(metadata={"rows": 1})
+
+    assert written.op.name == "written"  # the body's name and signature, for Dagster
+    result = dg.materialize([written], resources={"warehouse": WarehouseResource(
+        path=str(path))})
+    assert result.success
+    assert seen == [False]  # held while the body ran
+    assert another_process_can_open(path)
