@@ -29,6 +29,16 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_home_between_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without `$DAGSTER_HOME`, and whatever it sets is undone after it.
+
+    `ct` run in-process sets `$DAGSTER_HOME` (`cli.prepare_dagster_home`) as its process would;
+    left behind, the next test on the worker would open that project's instance.
+    """
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put the files of `LONGEST_FIRST` (paths under this directory) first, in that order."""
     rank = {name: position for position, name in enumerate(LONGEST_FIRST)}

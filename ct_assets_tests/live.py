@@ -79,6 +79,24 @@ class Daemon:
         return "\n".join(text[-lines:])
 
 
+def open_instance(home: Path) -> dg.DagsterInstance:
+    """The persistent instance of `home` (its `dagster.yaml`), as its processes open it.
+
+    The template's storage lives under `$DAGSTER_HOME` (`ct_assets/defs/instance_storage.py`
+    refuses an instance whose home is not that directory), so it is set to `home` while the
+    instance loads, as it is in the daemon's, the webserver's and `ct`'s environment.
+    """
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    finally:
+        if previous is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
           dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
           dg.DagsterRunStatus.CANCELING]
@@ -116,7 +134,7 @@ def idle_for(home: Path, seconds: float) -> Callable[[], bool]:
     state: dict[str, float | None] = {"since": None}
 
     def check() -> bool:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        with open_instance(home) as instance:
             busy = (instance.get_runs(dg.RunsFilter(statuses=ACTIVE), limit=1)
                     or instance.get_backfills(filters=pending, limit=1))
         if busy:
@@ -159,7 +177,7 @@ class DaemonProject:
         self.store = ModelStore(self.config.models_dir)
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.home))
+        return open_instance(self.home)
 
     def run_records(self) -> list[dg.RunRecord]:
         """Every run of the instance, oldest first."""

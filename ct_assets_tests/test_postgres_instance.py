@@ -37,8 +37,11 @@ def test_the_postgres_template_is_the_sqlite_one_plus_postgres_storage():
     sqlite = yaml.safe_load(template("dagster.yaml"))
     postgres = yaml.safe_load(template("dagster-postgres.yaml"))
     storage = postgres.pop("storage")
+    # The SQLite template's storage is Dagster's, its engines kept (defs/instance_storage.py).
+    assert sqlite.pop("storage") == {"custom": {
+        "module": "ct_assets.defs.instance_storage", "class": "SqliteStorage",
+        "config": {"base_dir": {"env": "DAGSTER_HOME"}}}}
     assert postgres == sqlite  # pools, run queue, tag limits, run monitoring, telemetry
-    assert "storage" not in sqlite
     database = storage["postgres"]["postgres_db"]
     assert {key: value for key, value in database.items() if key != "scheme"} == {
         "username": {"env": "DAGSTER_PG_USERNAME"}, "password": {"env": "DAGSTER_PG_PASSWORD"},

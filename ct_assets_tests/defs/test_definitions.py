@@ -9,6 +9,7 @@ import pytest
 from ct_assets.definitions import build_definitions
 from ct_assets.lib.config import config_from_dict, load_config
 from ct_assets.lib.simulator import write_days
+from ct_assets_tests.live import open_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).parent / "dagster"
@@ -159,7 +160,7 @@ def test_cli_materializes_a_partition_range_without_warnings(tmp_path, command):
     counts = Warehouse(config.warehouse_path).query(
         "SELECT _partition, count(*) AS n FROM features GROUP BY 1 ORDER BY 1")
     assert counts.rows() == [("2026-02-02", 300), ("2026-02-03", 300), ("2026-02-04", 300)]
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with open_instance(home) as instance:
         materialized = instance.get_materialized_partitions(dg.AssetKey("raw_events"))
         runs = instance.get_runs()
     assert materialized == {"2026-02-02", "2026-02-03", "2026-02-04"}

@@ -1,0 +1,147 @@
+"""The Dagster instance's SQLite storage, with one SQLAlchemy engine per database file.
+
+Dagster's SQLite run, event-log and schedule storages build a new SQLAlchemy engine for every
+statement they run (`create_engine(…, poolclass=NullPool)` in each `connect`). An engine holds
+SQLAlchemy's cache of compiled statements, so nothing is ever taken from it: every insert and
+query is compiled again, and the dialect is initialised again. A run stores a few dozen events,
+each a handful of statements, and the daemon's sensors and queue read the storages every few
+seconds, so that compiling is most of what a small run costs in Dagster (a one-day `ct run`:
+6.9 s → 5.4 s with the engines kept).
+
+`SqliteStorage` is Dagster's `DagsterSqliteStorage` (same files, same schema, same Alembic
+revisions, same locking) whose three storages take their engine from a per-process cache keyed
+by the database file. The pool stays a `NullPool`: every `connect` still opens its own SQLite
+connection and closes it after, so nothing is shared between threads or held open between
+statements; only the compiled statements are kept. The templates' `dagster.yaml` names it:
+
+    storage:
+      custom:
+        module: ct_assets.defs.instance_storage
+        class: SqliteStorage
+        config:
+          base_dir: {env: DAGSTER_HOME}
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import sqlalchemy
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.pool import NullPool
+
+# Engines kept per process: the run, schedule and index databases, and the per-run event-log
+# databases of the latest runs (a daemon writes to a run's database only while it runs).
+MAX_ENGINES = 64
+
+_engines: OrderedDict[tuple[str, float | None], sqlalchemy.Engine] = OrderedDict()
+_engines_lock = threading.Lock()
+
+
+def engine_for(conn_string: str, timeout: float | None = None) -> sqlalchemy.Engine:
+    """The process's engine for one SQLite database (`timeout`: SQLite's busy timeout, s)."""
+    key = (conn_string, timeout)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            connect_args = {} if timeout is None else {"timeout": timeout}
+            engine = _engines[key] = sqlalchemy.create_engine(
+                conn_string, poolclass=NullPool, connect_args=connect_args)
+            while len(_engines) > MAX_ENGINES:  # NullPool: disposing closes nothing in use
+                _engines.popitem(last=False)[1].dispose()
+        else:
+            _engines.move_to_end(key)
+        return engine
+
+
+@contextmanager
+def _transaction(engine: sqlalchemy.Engine) -> Iterator[sqlalchemy.Connection]:
+    with engine.connect() as connection, connection.begin():
+        yield connection
+
+
+class CachedEngineRunStorage(SqliteRunStorage):
+    """Dagster's SQLite run storage, its engine kept."""
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlalchemy.Connection]:
+        """A transaction on a new SQLite connection of the kept engine."""
+        with _transaction(engine_for(self._conn_string)) as connection:
+            yield connection
+
+
+class CachedEngineScheduleStorage(SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage (sensor cursors and ticks), its engine kept."""
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlalchemy.Connection]:
+        """A transaction on a new SQLite connection of the kept engine."""
+        with _transaction(engine_for(self._conn_string)) as connection:
+            yield connection
+
+
+class CachedEngineEventLogStorage(SqliteEventLogStorage):
+    """Dagster's sharded SQLite event log (an index database and one per run), engines kept."""
+
+    def register_instance(self, instance: dg.DagsterInstance) -> None:
+        """Refuse an instance whose home is not the storage's `base_dir`.
+
+        The template's `base_dir` is `$DAGSTER_HOME`: an instance loaded from another home's
+        `dagster.yaml` (`DagsterInstance.from_config(path)` with `$DAGSTER_HOME` elsewhere) would
+        otherwise read and write the runs of the wrong project without a word.
+        """
+        expected = Path(_event_logs_directory(instance.root_directory)).resolve()
+        if Path(self._base_dir).resolve() != expected:
+            raise dg.DagsterInvariantViolationError(
+                f"the Dagster instance in {instance.root_directory} keeps its runs under "
+                f"{Path(self._base_dir).parents[1]} (storage.custom.config.base_dir in its "
+                "dagster.yaml, $DAGSTER_HOME): set DAGSTER_HOME to the instance's directory")
+        super().register_instance(instance)
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[sqlalchemy.Connection]:
+        # As Dagster's: under the storage's lock, creating the shard's tables the first time.
+        with self._db_lock:
+            engine = engine_for(self.conn_string_for_shard(shard), SQLITE_BUSY_TIMEOUT_SECONDS)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with _transaction(engine) as connection:
+                yield connection
+
+
+class SqliteStorage(DagsterSqliteStorage):
+    """`DagsterSqliteStorage` under `base_dir`, whose storages keep their engines."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self.base_dir = base_dir
+        self._run_storage = CachedEngineRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = CachedEngineEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = CachedEngineScheduleStorage.from_local(
+            _schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(  # ty: ignore[invalid-method-override]
+            cls, inst_data: ConfigurableClassData, config_value: Any) -> SqliteStorage:
+        """The storage of `dagster.yaml`'s `storage.custom.config` (`base_dir`)."""
+        return cls.from_local(inst_data=inst_data, **config_value)

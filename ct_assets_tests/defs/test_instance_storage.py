@@ -1,0 +1,95 @@
+"""The template's instance storage: Dagster's SQLite storage with its engines kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+import ct_assets
+from ct_assets.defs import instance_storage
+from ct_assets.defs.instance_storage import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    CachedEngineEventLogStorage,
+    CachedEngineRunStorage,
+    engine_for,
+)
+from ct_assets_tests.live import open_instance
+
+TEMPLATE = Path(ct_assets.__file__).parent / "templates" / "dagster.yaml"
+
+
+@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]))
+def probe() -> None:
+    """An asset with nothing to store: only its events."""
+
+
+def home_with(path: Path, config: bytes) -> Path:
+    path.mkdir()
+    (path / "dagster.yaml").write_bytes(config)
+    return path
+
+
+def test_runs_land_where_dagsters_own_sqlite_storage_reads_them(tmp_path):
+    home = home_with(tmp_path / "home", TEMPLATE.read_bytes())
+    with open_instance(home) as instance:
+        assert isinstance(instance.run_storage, CachedEngineRunStorage)
+        assert isinstance(instance.event_log_storage, CachedEngineEventLogStorage)
+        for key in ("a", "b"):
+            assert dg.materialize([probe], instance=instance, partition_key=key).success
+        run_ids = [run.run_id for run in instance.get_runs()]
+    # Dagster's files, under DAGSTER_HOME, as its default storage lays them out …
+    assert (home / "history" / "runs.db").is_file()
+    assert (home / "history" / "runs" / "index.db").is_file()
+    assert {path.stem for path in (home / "history" / "runs").glob("*.db")} == {
+        "index", *run_ids}
+    assert (home / "schedules" / "schedules.db").is_file()
+    # … so Dagster's own storage, on the same directory, reads the same runs and partitions.
+    plain = home_with(tmp_path / "plain", yaml.safe_dump(
+        {"storage": {"sqlite": {"base_dir": str(home)}}}).encode())
+    with dg.DagsterInstance.from_config(str(plain)) as instance:
+        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+        assert sorted(run.run_id for run in instance.get_runs()) == sorted(run_ids)
+        assert instance.get_materialized_partitions(probe.key) == {"a", "b"}
+
+
+def test_each_database_has_one_engine_whose_compiled_statements_are_reused(tmp_path):
+    home = home_with(tmp_path / "home", TEMPLATE.read_bytes())
+    with open_instance(home) as instance:
+        assert dg.materialize([probe], instance=instance, partition_key="a").success
+        storage = instance.event_log_storage
+        index = engine_for(storage.conn_string_for_shard("index"), SQLITE_BUSY_TIMEOUT_SECONDS)
+        cached = len(index._compiled_cache)
+        assert cached > 0  # the first run's inserts and queries, compiled once
+        assert dg.materialize([probe], instance=instance, partition_key="b").success
+        # the second run's statements are the first run's: nothing new to compile, and the
+        # index database is still served by the same engine
+        assert len(index._compiled_cache) <= cached + 2
+        assert engine_for(storage.conn_string_for_shard("index"),
+                          SQLITE_BUSY_TIMEOUT_SECONDS) is index
+        assert instance.get_materialized_partitions(probe.key) == {"a", "b"}
+
+
+def test_the_engines_kept_are_bounded(tmp_path):
+    strings = [f"sqlite:///{tmp_path / f'{n}.db'}" for n in range(instance_storage.MAX_ENGINES
+                                                                     + 5)]
+    first = engine_for(strings[0])
+    for string in strings[1:]:
+        engine_for(string)
+    assert len(instance_storage._engines) <= instance_storage.MAX_ENGINES
+    assert engine_for(strings[0]) is not first  # the oldest was let go, a new one made
+    assert engine_for(strings[-1]) is engine_for(strings[-1])
+
+
+def test_an_instance_whose_home_is_not_dagster_home_is_refused(tmp_path, monkeypatch):
+    home = home_with(tmp_path / "home", TEMPLATE.read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(elsewhere))
+    with pytest.raises(dg.DagsterInvariantViolationError) as raised:
+        dg.DagsterInstance.from_config(str(home))
+    assert f"the Dagster instance in {home} keeps its runs under {elsewhere}" in str(
+        raised.value)
+    assert "set DAGSTER_HOME" in str(raised.value)
