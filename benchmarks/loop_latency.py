@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from ct_assets_tests.live import Daemon, poll, quiet_for
+from ct_assets_tests.live import Daemon, idle_for, poll
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "loop_latency.json"
@@ -117,7 +117,7 @@ class Bench:
             f"runs:\n{self.describe_runs()}\n--- daemon log ---\n{self.daemon.tail(40)}"))
 
     def wait_quiet(self, seconds: float, timeout: float) -> None:
-        self.wait(f"{seconds:.0f}s without runs", quiet_for(self.home, seconds), timeout)
+        self.wait(f"{seconds:.0f}s without runs", idle_for(self.home, seconds), timeout)
 
     # --- the benchmark --------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ BIN = Path(sys.executable).parent
 CHROMIUM = Path(os.environ.get("CT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update"]
+LOCATION = "ct_assets.definitions"  # the code location: the module, and `-m`'s location name
 SERVER_LIFETIME = 900  # seconds: the server stops by itself after this, whatever happens
 
 
@@ -53,24 +54,51 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 30) -> None:
 
 
 class Daemon:
-    """`dagster-daemon run -m ct_assets.definitions` in its own process group, logging to a file."""
+    """`dagster-daemon run` in its own process group, logging to a file.
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
+    By default the daemon loads `-m ct_assets.definitions` itself: it starts a code server and
+    replaces it with a new one every minute (Dagster's workspace refresh), which imports the
+    project again each time (about 5 s of CPU). With `code_server=True`, as a deployment that
+    runs its code apart does, a `dagster api grpc` server on 127.0.0.1 serves the same module
+    under the same location name (`ct_assets.definitions`, so runs launched with `-m` by other
+    processes resolve to it), and the daemon loads it from a `workspace.yaml`: a refresh asks
+    the running server for its definitions again instead of starting another. The run workers
+    are then the code server's children; `stop` stops both process groups.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, code_server: bool = False):
+        self.env, self.log, self.code_server = env, log, code_server
         self.process: subprocess.Popen[bytes] | None = None
+        self.server: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        target = ["-m", LOCATION]
         with self.log.open("ab") as out:
+            if self.code_server:
+                port = free_port()
+                self.server = subprocess.Popen(
+                    [str(BIN / "dagster"), "api", "grpc", "-m", LOCATION, "--location-name",
+                     LOCATION, "-h", "127.0.0.1", "-p", str(port)],
+                    cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+                workspace = self.log.with_name("workspace.yaml")
+                workspace.write_text(
+                    f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
+                    f"      location_name: {LOCATION}\n", encoding="utf-8")
+                wait_for_port(port, self.server, self.log)
+                target = ["-w", str(workspace)]
             self.process = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-m", "ct_assets.definitions"],
+                [str(BIN / "dagster-daemon"), "run", *target],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     def stop(self) -> None:
         """SIGTERM to the whole group (code server and run workers too), then SIGKILL."""
-        process, self.process = self.process, None
-        if process is not None:
-            stop_group(process)
+        for name in ("process", "server"):
+            process = getattr(self, name)
+            setattr(self, name, None)
+            if process is not None:
+                stop_group(process)
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():
@@ -173,7 +201,7 @@ class DaemonProject:
         self.config = load_config(self.config_path)
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home),
                     "CT_CONFIG": str(self.config_path), SENSOR_INTERVAL_ENV: str(interval)}
-        self.daemon = Daemon(self.env, root / "daemon.log")
+        self.daemon = Daemon(self.env, root / "daemon.log", code_server=True)
         self.store = ModelStore(self.config.models_dir)
 
     def instance(self) -> dg.DagsterInstance:
@@ -221,6 +249,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path,
+                  timeout: float = 120) -> None:
+    """Wait until `process` accepts connections on 127.0.0.1:`port`; fail with its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(f"the code server did not listen on port {port}:\n{tail}")
+        time.sleep(0.5)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.triggers import TriggerLog
 from ct_assets.runner import run_outcome
+from ct_assets_tests.live import open_instance
 
 DAYS, ROWS_PER_DAY = 12, 300
 
@@ -45,7 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
 
 @pytest.fixture
 def instance(project: Config) -> Iterator[dg.DagsterInstance]:
-    with dg.DagsterInstance.get() as opened:
+    with open_instance(project.dagster_home) as opened:
         yield opened
 
 
