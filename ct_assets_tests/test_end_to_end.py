@@ -1,6 +1,7 @@
 """The real daemon, end to end: files land, and nobody materializes anything by hand.
 
-`dagster-daemon run -m ct_assets.definitions` runs as a subprocess (its own process group) against
+`dagster-daemon run` runs as a subprocess (its own process group), on the code of a `dagster api
+grpc -m ct_assets.definitions` server beside it (`live.Daemon`), against
 a fresh project in a temporary directory and a fresh Postgres-backed instance: its DAGSTER_HOME
 holds the package's `templates/dagster-postgres.yaml`, pointed at a private PostgreSQL server
 (`ct_assets_tests/postgres.py`: Debian's binaries, 127.0.0.1, stopped when the test ends), so
