@@ -24,6 +24,8 @@ statements; only the compiled statements are kept. The templates' `dagster.yaml`
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -33,12 +35,21 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+from dagster._core.storage.event_log.sqlite import sqlite_event_log
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
+from dagster._core.storage.runs.sqlite import sqlite_run_storage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite import sqlite_schedule_storage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sql import get_alembic_config
+from dagster._core.storage.sqlite import create_db_conn_string
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
     _event_logs_directory,
@@ -72,6 +83,40 @@ def engine_for(conn_string: str, timeout: float | None = None) -> sqlalchemy.Eng
         return engine
 
 
+_scripts: dict[str, tuple[ScriptDirectory, str]] = {}
+
+
+def alembic_head(config: AlembicConfig) -> tuple[ScriptDirectory, str]:
+    """Dagster's migration scripts for `config` and their head revision, read once per process.
+
+    Dagster reads the scripts (a hundred Python files) again at every check: for each storage of
+    every instance opened (the code server opens one per sensor tick) and twice for each run's
+    new event-log database.
+    """
+    location = config.get_main_option("script_location") or ""
+    with _engines_lock:
+        if location not in _scripts:
+            script = ScriptDirectory.from_config(config)
+            _scripts[location] = (script, str(script.as_revision_number("head")))
+        return _scripts[location]
+
+
+def at_head(engine: sqlalchemy.Engine, config: AlembicConfig) -> bool:
+    """Whether the database of `engine` is stamped with the head revision of `config`."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current is not None and current == alembic_head(config)[1]
+
+
+def _up_to_date(directory: str, name: str, module_file: str) -> str | None:
+    """The connection string of `<directory>/<name>.db` if it exists at the head revision."""
+    conn_string = create_db_conn_string(directory, name)
+    if os.path.exists(os.path.join(directory, f"{name}.db")) and at_head(
+            engine_for(conn_string), get_alembic_config(module_file)):
+        return conn_string
+    return None
+
+
 @contextmanager
 def _transaction(engine: sqlalchemy.Engine) -> Iterator[sqlalchemy.Connection]:
     with engine.connect() as connection, connection.begin():
@@ -80,6 +125,15 @@ def _transaction(engine: sqlalchemy.Engine) -> Iterator[sqlalchemy.Connection]:
 
 class CachedEngineRunStorage(SqliteRunStorage):
     """Dagster's SQLite run storage, its engine kept."""
+
+    @classmethod
+    def from_local(cls, base_dir: str, inst_data: ConfigurableClassData | None = None
+                   ) -> CachedEngineRunStorage:
+        """The storage of an up-to-date `runs.db` at once; else Dagster's creation or check."""
+        conn_string = _up_to_date(base_dir, "runs", sqlite_run_storage.__file__)
+        if conn_string is not None:
+            return cls(conn_string, inst_data)
+        return super().from_local(base_dir, inst_data)
 
     @contextmanager
     def connect(self) -> Iterator[sqlalchemy.Connection]:
@@ -90,6 +144,15 @@ class CachedEngineRunStorage(SqliteRunStorage):
 
 class CachedEngineScheduleStorage(SqliteScheduleStorage):
     """Dagster's SQLite schedule storage (sensor cursors and ticks), its engine kept."""
+
+    @classmethod
+    def from_local(cls, base_dir: str, inst_data: ConfigurableClassData | None = None
+                   ) -> CachedEngineScheduleStorage:
+        """The storage of an up-to-date `schedules.db` at once; else Dagster's creation."""
+        conn_string = _up_to_date(base_dir, "schedules", sqlite_schedule_storage.__file__)
+        if conn_string is not None:
+            return cls(conn_string, inst_data)
+        return super().from_local(base_dir, inst_data)
 
     @contextmanager
     def connect(self) -> Iterator[sqlalchemy.Connection]:
@@ -115,6 +178,32 @@ class CachedEngineEventLogStorage(SqliteEventLogStorage):
                 f"{Path(self._base_dir).parents[1]} (storage.custom.config.base_dir in its "
                 "dagster.yaml, $DAGSTER_HOME): set DAGSTER_HOME to the instance's directory")
         super().register_instance(instance)
+
+    def _initdb(self, engine: sqlalchemy.Engine, for_index_shard: bool = False) -> None:
+        """Dagster's, with the head revision read once per process.
+
+        A database at the head revision needs nothing. A run's new database gets the tables
+        and the head stamp as Dagster gives them (WAL journal included); anything else (an old
+        revision, the index database, another process creating the same database) is left to
+        Dagster's own `_initdb`, with its checks and retries.
+        """
+        config = get_alembic_config(sqlite_event_log.__file__)
+        if at_head(engine, config):
+            return
+        script, _ = alembic_head(config)
+        if not for_index_shard:
+            try:
+                with engine.connect() as connection:
+                    if not sqlalchemy.inspect(connection).get_table_names():
+                        SqlEventLogStorageMetadata.create_all(connection)
+                        connection.commit()
+                        connection.execute(sqlalchemy.text("PRAGMA journal_mode=WAL;"))
+                        MigrationContext.configure(connection).stamp(script, "head")
+                        connection.commit()
+                        return
+            except (sqlalchemy.exc.DatabaseError, sqlite3.DatabaseError):
+                pass  # a concurrent creation: Dagster's `_initdb` retries until it settles
+        super()._initdb(engine, for_index_shard)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[sqlalchemy.Connection]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.storage.event_log.sqlite import sqlite_event_log
+from dagster._core.storage.sql import get_alembic_config
 
 import ct_assets
 from ct_assets.defs import instance_storage
@@ -14,6 +17,7 @@ from ct_assets.defs.instance_storage import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     CachedEngineEventLogStorage,
     CachedEngineRunStorage,
+    alembic_head,
     engine_for,
 )
 from ct_assets_tests.live import open_instance
@@ -21,7 +25,7 @@ from ct_assets_tests.live import open_instance
 TEMPLATE = Path(ct_assets.__file__).parent / "templates" / "dagster.yaml"
 
 
-@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]))
+@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b", "c"]))
 def probe() -> None:
     """An asset with nothing to store: only its events."""
 
@@ -53,6 +57,21 @@ def test_runs_land_where_dagsters_own_sqlite_storage_reads_them(tmp_path):
         assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
         assert sorted(run.run_id for run in instance.get_runs()) == sorted(run_ids)
         assert instance.get_materialized_partitions(probe.key) == {"a", "b"}
+        # and a run's database created by Dagster is the same as one created by ours
+        assert dg.materialize([probe], instance=instance, partition_key="c").success
+        theirs = instance.get_runs(limit=1)[0].run_id
+    assert shard_layout(home, theirs) == shard_layout(home, run_ids[0])
+
+
+def shard_layout(home: Path, run_id: str) -> tuple[list[tuple[str, ...]], ...]:
+    """A run's event-log database: its schema, Alembic stamp and journal mode."""
+    with sqlite3.connect(home / "history" / "runs" / f"{run_id}.db") as connection:
+        schema = connection.execute(
+            "SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        stamp = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        journal = connection.execute("PRAGMA journal_mode").fetchall()
+    assert schema and stamp == [(alembic_head(get_alembic_config(sqlite_event_log.__file__))[1],)]
+    return schema, stamp, journal
 
 
 def test_each_database_has_one_engine_whose_compiled_statements_are_reused(tmp_path):
