@@ -1,11 +1,10 @@
 """Concurrency under load: a manual retrain, a 60-partition backfill and new files, at once.
 
 The real daemon (`dagster-daemon run` on a `dagster api grpc` code server, `live.Daemon`; the
-shipped `dagster.yaml`: run queue of 4, pool
-`duckdb` limit 1, tag `ct/retrain` limit 1) on a real DuckDB file and a SQLite instance. The
-history (62 simulated days of 250 rows) is ingested and a first model trained in-process before
-the daemon starts (`ct simulate`, then `data_job` and `retrain_job` as `ct run` runs them).
-Then, within seconds of each other, as a user would:
+shipped `dagster.yaml`: run queue of 4, pool `duckdb` limit 1, tag `ct/retrain` limit 1) on a
+real DuckDB file and a SQLite instance. The history (62 simulated days of 250 rows) is ingested
+and a first model trained in-process before the daemon starts (`ct simulate`, then `data_job`
+and `retrain_job` as `ct run` runs them). Then, within seconds of each other, as a user would:
 
 - three new days land (`ct simulate`), which `landing_sensor` picks up;
 - a backfill of the history's monitoring (`predictions`, `drift_report`, `model_performance`)
