@@ -29,6 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update"]
 LOCATION = "ct_assets.definitions"  # the code location: the module, and `-m`'s location name
 SERVER_LIFETIME = 900  # seconds: the server stops by itself after this, whatever happens
+CODE_SERVER_LIFETIME = 1800  # seconds: longer than the longest daemon test's timeout (1500)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 30) -> None:
@@ -76,16 +77,18 @@ class Daemon:
         with self.log.open("ab") as out:
             if self.code_server:
                 port = free_port()
-                self.server = subprocess.Popen(
-                    [str(BIN / "dagster"), "api", "grpc", "-m", LOCATION, "--location-name",
-                     LOCATION, "-h", "127.0.0.1", "-p", str(port)],
+                self.server = subprocess.Popen(  # stops by itself, whatever happens to the test
+                    ["timeout", str(CODE_SERVER_LIFETIME), str(BIN / "dagster"), "api", "grpc",
+                     "-m", LOCATION, "--location-name", LOCATION, "-h", "127.0.0.1",
+                     "-p", str(port)],
                     cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True)
                 workspace = self.log.with_name("workspace.yaml")
                 workspace.write_text(
                     f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
                     f"      location_name: {LOCATION}\n", encoding="utf-8")
-                wait_for_port(port, self.server, self.log)
+                wait_until_up(f"the code server on port {port}", lambda: listening(port),
+                              self.server, self.log)
                 target = ["-w", str(workspace)]
             self.process = subprocess.Popen(
                 [str(BIN / "dagster-daemon"), "run", *target],
@@ -251,20 +254,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path,
-                  timeout: float = 120) -> None:
-    """Wait until `process` accepts connections on 127.0.0.1:`port`; fail with its log."""
+def wait_until_up(what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes],
+                  log: Path, timeout: float = 120) -> None:
+    """Poll `ready` until it holds; fail with `log`'s tail if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            if ready():
                 return
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-            raise RuntimeError(f"the code server did not listen on port {port}:\n{tail}")
+            raise RuntimeError(f"{what} did not come up:\n{tail}")
         time.sleep(0.5)
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
 
 
 @contextmanager
@@ -275,21 +284,14 @@ def webserver(env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[
     with log.open("ab") as out:
         process = subprocess.Popen(
             ["timeout", str(SERVER_LIFETIME), str(BIN / "dagster-webserver"), "-h", "127.0.0.1",
-             "-p", str(port), "-m", "ct_assets.definitions"],
+             "-p", str(port), "-m", LOCATION],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    def answers() -> bool:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
+            return response.status == 200
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-                raise RuntimeError(f"dagster-webserver did not come up on {url}:\n{tail}")
-            time.sleep(1)
+        wait_until_up(f"dagster-webserver on {url}", answers, process, log, timeout)
         yield url
     finally:
         stop_group(process)
