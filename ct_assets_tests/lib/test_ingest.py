@@ -18,6 +18,7 @@ from ct_assets.lib.ingest import (
     FileCatalog,
     IngestResult,
     ingest_window,
+    keys_between,
     landed_partitions,
     plan_chunks,
 )
@@ -746,3 +747,27 @@ def test_chunks_follow_the_bytes_of_the_files_they_read(tmp_path):
         (config.landing_dir / f"day_{day}.csv").unlink()
     write_csv(config, "all_days.csv", everything)
     assert plan_chunks(config, catalog, keys, max_bytes=10) == [keys]
+
+
+@pytest.mark.parametrize(("granularity", "first", "last", "expected"), [
+    ("daily", "2026-01-30", "2026-01-30", ["2026-01-30"]),
+    ("daily", "2026-01-30", "2026-02-02",
+     ["2026-01-30", "2026-01-31", "2026-02-01", "2026-02-02"]),
+    ("daily", "2026-1-5", "2026-1-5", ["2026-01-05"]),  # not canonical: written canonically
+    ("hourly", "2026-01-01-23:00", "2026-01-02-01:00",
+     ["2026-01-01-23:00", "2026-01-02-00:00", "2026-01-02-01:00"]),
+    ("hourly", "2026-01-01-23:00", "2026-01-01-23:00", ["2026-01-01-23:00"]),
+    ("weekly", "2026-01-05", "2026-01-19", ["2026-01-05", "2026-01-12", "2026-01-19"]),
+    ("monthly", "2026-01-01", "2026-03-01", ["2026-01-01", "2026-02-01", "2026-03-01"]),
+])
+def test_keys_between_lists_every_key_of_the_range_once_computed_or_not(
+        tmp_path, granularity, first, last, expected):
+    config = config_from_dict({
+        "dataset": {"source": "files", "landing_dir": "landing", "columns": COLUMNS,
+                    "timestamp": "ts", "target": "label"},
+        "partitions": {"start": "2026-01-01", "granularity": granularity},
+    }, base_dir=tmp_path)
+    assert keys_between(config, first, last) == expected
+    assert keys_between(config, first, last) == expected  # the cached answer, not shared
+    keys_between(config, first, last).append("x")
+    assert keys_between(config, first, last) == expected
