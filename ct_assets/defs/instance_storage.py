@@ -14,7 +14,9 @@ once per process (`alembic_head`). Both together: a one-day `ct run` takes 4.9 s
 revisions, same locking) whose three storages take their engine from a per-process cache keyed
 by the database file. The pool stays a `NullPool`: every `connect` still opens its own SQLite
 connection and closes it after, so nothing is shared between threads or held open between
-statements; only the compiled statements are kept. The templates' `dagster.yaml` names it:
+statements; only the compiled statements are kept. The event log also remembers the tables it
+found (Dagster looks for one before many reads and writes, on a new engine each time). The
+templates' `dagster.yaml` names it:
 
     storage:
       custom:
@@ -43,6 +45,7 @@ from alembic.script import ScriptDirectory
 from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
@@ -165,6 +168,27 @@ class CachedEngineScheduleStorage(_OneFileStorage, SqliteScheduleStorage):
 
 class CachedEngineEventLogStorage(SqliteEventLogStorage):
     """Dagster's sharded SQLite event log (an index database and one per run), engines kept."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        super().__init__(base_dir, inst_data)
+        self._tables_found: set[str] = set()
+
+    def has_table(self, table_name: str) -> bool:
+        """Whether the index database has `table_name`; a table once found is remembered.
+
+        Dagster asks before many reads and writes (29 times in a one-day `ct run`), each time
+        on a new engine and connection. A table is never dropped (migrations only add them), so
+        only its absence is asked again.
+        """
+        if table_name in self._tables_found:
+            return True
+        engine = engine_for(self.conn_string_for_shard(INDEX_SHARD_NAME),
+                            SQLITE_BUSY_TIMEOUT_SECONDS)
+        with engine.connect() as connection:
+            found = bool(engine.dialect.has_table(connection, table_name))
+        if found:
+            self._tables_found.add(table_name)
+        return found
 
     def register_instance(self, instance: dg.DagsterInstance) -> None:
         """Refuse an instance whose home is not the storage's `base_dir`.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy
 import yaml
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
 from dagster._core.storage.sql import get_alembic_config
@@ -89,6 +90,30 @@ def test_each_database_has_one_engine_whose_compiled_statements_are_reused(tmp_p
         assert engine_for(storage.conn_string_for_shard("index"),
                           SQLITE_BUSY_TIMEOUT_SECONDS) is index
         assert instance.get_materialized_partitions(probe.key) == {"a", "b"}
+
+
+def test_a_table_found_is_not_looked_for_again_and_a_missing_one_is(tmp_path):
+    home = home_with(tmp_path / "home", TEMPLATE.read_bytes())
+    opened = []
+
+    def count(*_: object) -> None:
+        opened.append(1)
+
+    with open_instance(home) as instance:
+        storage = instance.event_log_storage
+        index = engine_for(storage.conn_string_for_shard("index"), SQLITE_BUSY_TIMEOUT_SECONDS)
+        sqlalchemy.event.listen(index, "connect", count)
+        try:
+            assert storage.has_table("asset_check_executions")
+            assert storage.has_table("no_such_table") is False
+            assert len(opened) == 2  # each looked for once, on the index database's engine
+            assert storage.has_table("asset_check_executions")  # remembered: no connection
+            assert storage.supports_asset_checks
+            assert len(opened) == 2
+            assert storage.has_table("no_such_table") is False  # absent: looked for again
+            assert len(opened) == 3
+        finally:
+            sqlalchemy.event.remove(index, "connect", count)
 
 
 def test_the_engines_kept_are_bounded(tmp_path):
