@@ -16,6 +16,7 @@ import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from ct_assets.lib.model_store import DECISION, MANIFEST, ModelStore, sha256_fil
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
+from ct_assets_tests.live import open_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEC2_EXAMPLE = ROOT / "examples" / "elec2"
@@ -64,11 +66,17 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
 
 @contextmanager
 def project_instance(config: Config) -> Iterator[dg.DagsterInstance]:
-    """The project's own persistent instance (sqlite under `<storage>/dagster`)."""
+    """The project's own persistent instance under `<storage>/dagster`, as `ct` writes it.
+
+    Its `dagster.yaml` is the package's template (the storage `ct` and `make dev` use, the
+    `duckdb` pool included), written once, as `ct` writes it.
+    """
     home = config.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_bytes(
+            resources.files("ct_assets").joinpath("templates/dagster.yaml").read_bytes())
+    with open_instance(home) as instance:
         yield instance
 
 
