@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,21 @@ def open_instance(home: Path) -> dg.DagsterInstance:
         else:
             os.environ["DAGSTER_HOME"] = previous
 
+
+
+@contextmanager
+def template_instance(home: Path) -> Iterator[dg.DagsterInstance]:
+    """The persistent instance of `home` as `ct` writes it: the package's `dagster.yaml`.
+
+    Its storage is the one `ct`, `make dev` and the daemon use (SQLite, engines kept; the
+    `duckdb` pool). An existing `dagster.yaml` is kept, as `ct` keeps it.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_bytes(
+            resources.files("ct_assets").joinpath("templates/dagster.yaml").read_bytes())
+    with open_instance(home) as instance:
+        yield instance
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
           dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,

@@ -28,6 +28,7 @@ from ct_assets.lib.simulator import DriftScenario, write_days
 from ct_assets.lib.validation import PARTITION
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
+from ct_assets_tests.live import template_instance
 
 FIRST_DAY = dt.date(2026, 1, 1)
 KEYS = [(FIRST_DAY + dt.timedelta(days=offset)).isoformat() for offset in range(10)]
@@ -59,7 +60,7 @@ def test_range_runs_read_one_chunk_at_a_time_and_write_what_one_pass_computes(
     config = project(tmp_path)
     defs = build_definitions(config)
     store = Warehouse(config.warehouse_path)
-    with dg.instance_for_test() as instance:
+    with template_instance(tmp_path / "dagster") as instance:
         run(defs, instance, "data_job")
         run(defs, instance, "retrain_job", whole_range=False)
         full_reads: dict[str, list[int]] = defaultdict(list)
@@ -146,7 +147,7 @@ def test_a_range_is_ingested_in_chunks_as_one_scan_ingests_it(tmp_path, monkeypa
 
         monkeypatch.setattr(ingest_module, "read_landed_file", recorded)
         defs = build_definitions(config)
-        with dg.instance_for_test() as instance:
+        with template_instance(tmp_path / f"dagster-{name}") as instance:
             defs.resolve_job_def("data_job").execute_in_process(
                 instance=instance, tags={RANGE_START_TAG: KEYS[0], RANGE_END_TAG: KEYS[-1]},
                 run_config=QUIET, raise_on_error=True)

@@ -14,9 +14,7 @@ import importlib.util
 import json
 import math
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib import resources
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from ct_assets.lib.model_store import DECISION, MANIFEST, ModelStore, sha256_fil
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
-from ct_assets_tests.live import open_instance
+from ct_assets_tests.live import template_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEC2_EXAMPLE = ROOT / "examples" / "elec2"
@@ -64,20 +62,9 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
-@contextmanager
-def project_instance(config: Config) -> Iterator[dg.DagsterInstance]:
-    """The project's own persistent instance under `<storage>/dagster`, as `ct` writes it.
-
-    Its `dagster.yaml` is the package's template (the storage `ct` and `make dev` use, the
-    `duckdb` pool included), written once, as `ct` writes it.
-    """
-    home = config.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_bytes(
-            resources.files("ct_assets").joinpath("templates/dagster.yaml").read_bytes())
-    with open_instance(home) as instance:
-        yield instance
+def project_instance(config: Config) -> AbstractContextManager[dg.DagsterInstance]:
+    """The project's own persistent instance under `<storage>/dagster`, as `ct` writes it."""
+    return template_instance(config.dagster_home)
 
 
 def run_job(config: Config, instance: dg.DagsterInstance, job: str, *,

@@ -23,6 +23,7 @@ from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.simulator import DriftScenario, write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
+from ct_assets_tests.live import template_instance
 
 FIRST_DAY = dt.date(2026, 1, 1)
 FIRST, LAST = "2026-01-01", "2026-01-10"
@@ -84,7 +85,7 @@ def land_bad_rows(config: Config) -> None:
 def test_a_range_run_records_each_partitions_own_rows_quarantine_and_scores(tmp_path):
     config = project(tmp_path)
     land_bad_rows(config)
-    with dg.instance_for_test() as instance:
+    with template_instance(tmp_path / "dagster") as instance:
         data = run(config, instance, "data_job")
         run(config, instance, "retrain_job", whole_range=False)
         run(config, instance, "scoring_job")
@@ -139,7 +140,7 @@ def test_a_range_run_records_each_partitions_own_labels(tmp_path):
     known = dt.datetime(2026, 1, 5, 12, tzinfo=dt.UTC)
     pl.DataFrame({"transaction_id": ["nobody-1", "nobody-2"], "is_fraud": [0, 1],
                   KNOWN_AT: [known, known]}).write_parquet(config.labels_dir / "stray.parquet")
-    with dg.instance_for_test() as instance:
+    with template_instance(tmp_path / "dagster") as instance:
         run(config, instance, "data_job")
         labels_run = run(config, instance, "labels_job")
 
