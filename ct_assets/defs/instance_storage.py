@@ -12,11 +12,14 @@ once per process (`alembic_head`). Both together: a one-day `ct run` takes 4.9 s
 
 `SqliteStorage` is Dagster's `DagsterSqliteStorage` (same files, same schema, same Alembic
 revisions, same locking) whose three storages take their engine from a per-process cache keyed
-by the database file. The pool stays a `NullPool`: every `connect` still opens its own SQLite
-connection and closes it after, so nothing is shared between threads or held open between
-statements; only the compiled statements are kept. The event log also remembers the tables it
-found (Dagster looks for one before many reads and writes, on a new engine each time). The
-templates' `dagster.yaml` names it:
+by the database file. Each engine keeps one SQLite connection open between statements (more
+are opened while several threads use the database at once, and closed after): opening one
+costs more than most statements it runs (a run of two trivial assets: 0.21 → 0.13 CPU-s). A
+connection is only ever used by one thread at a time (the pool hands it out), holds no lock
+while idle (every use is a transaction that ends), and is given up when its file is no longer
+the one it opened (removed or replaced: a new one is opened on the file now at that path). The
+event log also remembers the tables it found (Dagster looks for one before many reads and
+writes, on a new engine each time). The templates' `dagster.yaml` names it:
 
     storage:
       custom:
@@ -62,7 +65,7 @@ from dagster._core.storage.sqlite_storage import (
     _schedule_directory,
 )
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 # Engines kept per process: the run, schedule and index databases, and the per-run event-log
 # databases of the latest runs (a daemon writes to a run's database only while it runs).
@@ -73,19 +76,50 @@ _engines_lock = threading.Lock()
 
 
 def engine_for(conn_string: str, timeout: float | None = None) -> sqlalchemy.Engine:
-    """The process's engine for one SQLite database (`timeout`: SQLite's busy timeout, s)."""
+    """The process's engine for one SQLite database (`timeout`: SQLite's busy timeout, s).
+
+    Its pool keeps one connection (any number may be checked out at once: the others are
+    closed when they are returned), checked at every checkout against the file at its path.
+    """
     key = (conn_string, timeout)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
             connect_args = {} if timeout is None else {"timeout": timeout}
             engine = _engines[key] = sqlalchemy.create_engine(
-                conn_string, poolclass=NullPool, connect_args=connect_args)
-            while len(_engines) > MAX_ENGINES:  # NullPool: disposing closes nothing in use
+                conn_string, poolclass=QueuePool, pool_size=1, max_overflow=-1,
+                connect_args=connect_args)
+            _follow_the_file(engine)
+            while len(_engines) > MAX_ENGINES:  # connections still in use close when returned
                 _engines.popitem(last=False)[1].dispose()
         else:
             _engines.move_to_end(key)
         return engine
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path) if path else None
+    except FileNotFoundError:
+        return None
+    return None if found is None else (found.st_dev, found.st_ino)
+
+
+def _follow_the_file(engine: sqlalchemy.Engine) -> None:
+    """Give up a kept connection whose database file was removed or replaced since it opened.
+
+    Else its statements would go on reading and writing the old file, which nobody else sees.
+    """
+    path = engine.url.database
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def remember(_connection: Any, record: Any) -> None:
+        record.info["file"] = _file_identity(path)
+
+    @sqlalchemy.event.listens_for(engine, "checkout")
+    def same_file(_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("file") != _file_identity(path):
+            raise sqlalchemy.exc.DisconnectionError(f"{path} was removed or replaced")
 
 
 _scripts: dict[str, tuple[ScriptDirectory, str]] = {}

@@ -94,26 +94,44 @@ def test_each_database_has_one_engine_whose_compiled_statements_are_reused(tmp_p
 
 def test_a_table_found_is_not_looked_for_again_and_a_missing_one_is(tmp_path):
     home = home_with(tmp_path / "home", TEMPLATE.read_bytes())
-    opened = []
+    used = []
 
     def count(*_: object) -> None:
-        opened.append(1)
+        used.append(1)
 
     with open_instance(home) as instance:
         storage = instance.event_log_storage
         index = engine_for(storage.conn_string_for_shard("index"), SQLITE_BUSY_TIMEOUT_SECONDS)
-        sqlalchemy.event.listen(index, "connect", count)
+        sqlalchemy.event.listen(index, "checkout", count)
         try:
             assert storage.has_table("asset_check_executions")
             assert storage.has_table("no_such_table") is False
-            assert len(opened) == 2  # each looked for once, on the index database's engine
-            assert storage.has_table("asset_check_executions")  # remembered: no connection
+            assert len(used) == 2  # each looked for once, on the index database's engine
+            assert storage.has_table("asset_check_executions")  # remembered: not looked for
             assert storage.supports_asset_checks
-            assert len(opened) == 2
+            assert len(used) == 2
             assert storage.has_table("no_such_table") is False  # absent: looked for again
-            assert len(opened) == 3
+            assert len(used) == 3
         finally:
-            sqlalchemy.event.remove(index, "connect", count)
+            sqlalchemy.event.remove(index, "checkout", count)
+
+
+def test_a_kept_connection_follows_its_file_when_it_is_replaced(tmp_path):
+    path = tmp_path / "kept.db"
+    engine = engine_for(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE old_file (x INTEGER)"))
+        connection.commit()
+    path.unlink()  # removed, as `rm -rf $DAGSTER_HOME` would, and another file made there
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE new_file (x INTEGER)")
+    with engine.connect() as connection:  # the kept connection is given up: the new file
+        tables = connection.execute(sqlalchemy.text(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")).scalars().all()
+    assert tables == ["new_file"]
+    with engine.connect() as first, engine.connect() as second:  # two threads' worth at once
+        assert first.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
+        assert second.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
 
 
 def test_the_engines_kept_are_bounded(tmp_path):
