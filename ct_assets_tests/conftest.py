@@ -4,8 +4,8 @@
 file in collection order when it finishes one. xdist's default order (files with the most tests
 first) would leave the one-test daemon and browser files, the longest by far, for the end, one
 worker running them while the other idles. Starting them first lets the short files fill in
-around them. Measured with `pytest -n 2 --dist loadfile --durations=100` (seconds per file on
-the 2-core machine, in the comments).
+around them. The seconds per file in the comments are `benchmarks/suite.py`'s (worker seconds
+on the 2-core machine, `benchmarks/results/suite.json`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import pytest
 HERE = Path(__file__).parent
 
 LONGEST_FIRST = (
-    "test_retraining_loop.py",  # 318
-    "test_end_to_end.py",  # 298
-    "test_concurrency.py",  # 229
-    "test_ui.py",  # 134
-    "defs/test_monitoring.py",  # 103
-    "test_ct_run.py",  # 98
-    "defs/test_gate_integrity.py",  # 87
-    "defs/test_lifecycle.py",  # 65
-    "test_package.py",  # 57
+    "test_retraining_loop.py",  # 200 (the first two start together, one per worker)
+    "test_end_to_end.py",  # 284
+    "test_concurrency.py",  # 132
+    "test_ui.py",  # 81
+    "defs/test_monitoring.py",  # 70
+    "test_package.py",  # 62
+    "defs/test_gate_integrity.py",  # 52
+    "test_ct_run.py",  # 44
+    "defs/test_lifecycle.py",  # 33
 )
 
 
