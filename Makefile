@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 
 ## demo: the whole loop on the simulator: 30 days of history, a first model, 10 more days with
 ## a drift injected on a known day, its detection, the retrain; prints summaries and a timeline
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	DAGSTER_HOME=$$($(CT) home) $(CT) demo
 
 # The Debian packages the suite needs and this machine lacks, in one apt-get, without the
@@ -59,7 +59,7 @@ test: $(STAMP) system-packages bytecode
 	$(if $(TEST_TMP),rm -rf $(TEST_TMP))
 
 ## dev: the Dagster UI with the daemon (sensors, schedules, automation) on 127.0.0.1:3000
-dev: $(STAMP)
+dev: $(STAMP) bytecode
 	DAGSTER_HOME=$$($(CT) home) $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 ## serve: the deployed model over HTTP on 127.0.0.1:8080 (Open Inference Protocol v2, /predict,

@@ -129,7 +129,6 @@ def open_instance(home: Path) -> dg.DagsterInstance:
             os.environ["DAGSTER_HOME"] = previous
 
 
-
 @contextmanager
 def template_instance(home: Path) -> Iterator[dg.DagsterInstance]:
     """The persistent instance of `home` as `ct` writes it: the package's `dagster.yaml`.
@@ -143,6 +142,7 @@ def template_instance(home: Path) -> Iterator[dg.DagsterInstance]:
             resources.files("ct_assets").joinpath("templates/dagster.yaml").read_bytes())
     with open_instance(home) as instance:
         yield instance
+
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
           dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
