@@ -31,17 +31,18 @@ from pathlib import Path
 import yaml
 from machine import machine_info
 
+from ct_assets_tests.projects import (
+    LOOP_CONFIG,
+    LOOP_FIRST_DAY,
+    LOOP_HISTORY,
+    LOOP_ROWS_PER_DAY,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work" / "ct_run_day"
 OUT = ROOT / "benchmarks" / "results" / "ct_run_day.json"
-FIRST_DAY, HISTORY, ROWS_PER_DAY = dt.date(2026, 1, 1), 30, 2000
-CONFIG = {
-    "dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
-    "partitions": {"start": FIRST_DAY.isoformat()},
-    "training": {"window": 30, "holdout": 5},
-    "triggers": {"label_delay": 1, "cooldown": 3},
-    "storage": {"dir": "data"},
-}
+FIRST_DAY, HISTORY, ROWS_PER_DAY, CONFIG = (LOOP_FIRST_DAY, LOOP_HISTORY, LOOP_ROWS_PER_DAY,
+                                             LOOP_CONFIG)  # the retraining-loop test's scenario
 STORAGES = ("template", "dagster_sqlite")
 
 

@@ -1,4 +1,6 @@
-"""Small project configs shared by several test modules."""
+"""Small project configs shared by several test modules (and benchmarks)."""
+
+import datetime as dt
 
 # A `files` dataset of CSVs with an id, a timestamp, a number, a category and a binary label.
 FILES_HEADER = "id,ts,amount,kind,label"
@@ -8,5 +10,16 @@ FILES_CONFIG = {
                 "columns": {"id": "string", "ts": "timestamp", "amount": "float",
                             "kind": "category", "label": "int"}},
     "partitions": {"start": "2026-01-01"},
+    "storage": {"dir": "data"},
+}
+
+# The retraining-loop scenario (test_retraining_loop.py, benchmarks/ct_run_day.py): simulated
+# days of 2,000 rows from Jan 1, 2026, labels in separate files a day late, a 30-day window.
+LOOP_FIRST_DAY, LOOP_HISTORY, LOOP_ROWS_PER_DAY = dt.date(2026, 1, 1), 30, 2000
+LOOP_CONFIG = {
+    "dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
+    "partitions": {"start": LOOP_FIRST_DAY.isoformat()},
+    "training": {"window": 30, "holdout": 5},
+    "triggers": {"label_delay": 1, "cooldown": 3},
     "storage": {"dir": "data"},
 }

@@ -32,17 +32,17 @@ from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.simulator import DriftScenario, write_days
 from ct_assets.lib.triggers import TriggerLog, regime_partitions
 from ct_assets.lib.warehouse import Warehouse
+from ct_assets_tests.projects import (
+    LOOP_CONFIG,
+    LOOP_FIRST_DAY,
+    LOOP_HISTORY,
+    LOOP_ROWS_PER_DAY,
+)
 
-FIRST_DAY = dt.date(2026, 1, 1)
-HISTORY, AFTER, ROWS_PER_DAY = 30, 8, 2000
+FIRST_DAY, HISTORY, ROWS_PER_DAY, CONFIG = (LOOP_FIRST_DAY, LOOP_HISTORY, LOOP_ROWS_PER_DAY,
+                                             LOOP_CONFIG)
+AFTER = 8
 CHANGE = FIRST_DAY + dt.timedelta(days=HISTORY)
-CONFIG = {
-    "dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
-    "partitions": {"start": FIRST_DAY.isoformat()},
-    "training": {"window": 30, "holdout": 5},
-    "triggers": {"label_delay": 1, "cooldown": 3},
-    "storage": {"dir": "data"},
-}
 
 
 def ct(config_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
