@@ -38,7 +38,7 @@ from ct_assets_tests.defs.test_lifecycle import (
     run_job,
     write_config,
 )
-from ct_assets_tests.live import open_instance
+from ct_assets_tests.live import template_instance
 
 TEMPLATE = Path(ct_assets.__file__).parent / "templates" / "dagster.yaml"
 
@@ -241,12 +241,9 @@ def test_interleaved_retrains_each_promote_their_own_candidate(base, tmp_path):
 
 
 def test_the_run_queue_runs_one_retrain_at_a_time(tmp_path):
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_bytes(TEMPLATE.read_bytes())
     assert {"key": RETRAIN_TAG, "limit": 1} in yaml.safe_load(
         TEMPLATE.read_text(encoding="utf-8"))["concurrency"]["runs"]["tag_concurrency_limits"]
-    with open_instance(home) as instance:
+    with template_instance(tmp_path / "dagster") as instance:
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None
         limits = queue.tag_concurrency_limits
@@ -255,9 +252,6 @@ def test_the_run_queue_runs_one_retrain_at_a_time(tmp_path):
 
 
 def test_duckdb_slot_is_held_only_inside_the_block(tmp_path):
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_bytes(TEMPLATE.read_bytes())
     seen: dict[str, int] = {}
 
     @dg.asset
@@ -268,7 +262,7 @@ def test_duckdb_slot_is_held_only_inside_the_block(tmp_path):
             seen["inside"] = storage.get_concurrency_info("duckdb").active_slot_count
         seen["after"] = storage.get_concurrency_info("duckdb").active_slot_count
 
-    with open_instance(home) as instance:
+    with template_instance(tmp_path / "dagster") as instance:
         assert dg.materialize([probe], instance=instance).success
     assert seen == {"before": 0, "inside": 1, "after": 0}
 
