@@ -14,10 +14,10 @@ once per process (`alembic_head`). Both together: a one-day `ct run` takes 4.9 s
 revisions, same locking) whose three storages take their engine from a per-process cache keyed
 by the database file. Each engine keeps one SQLite connection open between statements (more
 are opened while several threads use the database at once, and closed after): opening one
-costs more than most statements it runs. A
-connection is only ever used by one thread at a time (the pool hands it out), holds no lock
-while idle (every use is a transaction that ends), and is given up when its file is no longer
-the one it opened (removed or replaced: a new one is opened on the file now at that path). The
+costs more than most statements it runs. A connection is only ever used by one thread at a
+time (the pool hands it out), holds no lock while idle (every use is a transaction that ends),
+and is given up when its file is no longer the one it opened (removed or replaced: a new one is
+opened on the file now at that path). The
 event log also remembers the tables it found (Dagster looks for one before many reads and
 writes, on a new engine each time). The templates' `dagster.yaml` names it:
 
