@@ -100,7 +100,8 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
     3. partitions without predictions, drift reports or (once labels are known) performance
        are brought up to date (`scoring_job`, `drift_job`, `performance_job`);
     4. the retraining triggers (drift, performance and freshness sensors) are evaluated on the
-       instance, and the retrain they ask for is run, tagged with its reason.
+       instance, and the retrain they ask for is run, tagged with its reason; a model it
+       promotes re-scores the newest landed partition (and judges its drift).
 
     Runs are recorded in the Dagster instance of `$DAGSTER_HOME`, so the UI shows them like
     daemon-launched runs. With `progress`, each run's line goes to stderr (under a bar on a
@@ -165,11 +166,18 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
                 request = triggers.requests[0]  # one retrain per pass: it trains on every
                 reason = request.tags[REASON_TAG]  # landed partition, so it answers them all
                 detail = request.tags.get(DETAIL_TAG, "")
+                before = store.deployed()
                 record = runner.run(
                     "retrain_job", f"({reason}: {detail[:90]}{'…' if len(detail) > 90 else ''})",
                     dict(request.tags))
                 if record["outcome"] != "failed":  # a crash leaves the events pending
                     triggers.commit(answered_by=record["run_id"])
+                newest = max(landed & set(ordered), default=None)
+                if store.deployed() != before and newest is not None:
+                    # A new model re-scores (and re-judges) the newest partition, as the
+                    # automation sensor does after a promotion.
+                    runner.expect([], more=1)
+                    runner.partitioned("landing_job", {newest}, landing_monitors(config))
             else:
                 triggers.commit()
     return {"landed_partitions": len(landed), "runs": runner.runs,

@@ -5,8 +5,9 @@ day later, in separate label files), `ct run` trains the first model; then one d
 and `ct run` follows each. The history is built once and copied per scenario (the simulator
 leaves every day before a drift untouched, so the copies are exact).
 
-- covariate drift on day 30: exactly one drift retrain, whose model carries the drifted day as
-  its change point and a drift reference fitted on it (so the next drifted days pass);
+- covariate drift on day 30: exactly one drift retrain, launched once the drifted day's labels
+  are known, whose model learned that day, carries it as its change point and has a drift
+  reference fitted on the drifted days (so the next ones pass);
 - concept drift on day 30 (no covariate signature): performance retrains, at most two, the first
   one learning the new concept from the rows since the change, the second (the follow-up once
   six partitions of the new concept are labelled) learning and validating on them alone;
@@ -108,11 +109,14 @@ def test_covariate_drift_gives_exactly_one_retrain(history, tmp_path, capsys, mo
     model = done[0]
     assert model["change_point"] == CHANGE.isoformat()
     assert model["decision"]["approved"]
-    # What it learned: every labelled partition up to the one before the change (labels of the
-    # drifted day come a day later), refitted on train + holdout.
+    # What it learned: the drifted day itself. Its labels come a day later, and the retrain
+    # waited for them (the trigger log says so), then refitted on train + holdout.
     refit = model["training_info"]["refit"]
     assert refit["on"] == "train + holdout"
-    assert refit["partitions"][-1] == (CHANGE - dt.timedelta(days=1)).isoformat()
+    assert refit["partitions"][-1] == CHANGE.isoformat()
+    waited = [e for e in TriggerLog(path.parent / "data").entries() if e["decision"] == "waiting"]
+    assert [(e["partition"], "waiting for the labels of" in e["detail"]) for e in waited] == [
+        (CHANGE.isoformat(), True)]
     status = ct(path, capsys, "status")
     assert status["deployed"]["version"] == model["version"]
     assert status["deployed"]["reason"] == "drift"

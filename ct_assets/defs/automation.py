@@ -8,8 +8,9 @@ import datetime as dt
 import os
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecordStatus,  # no public export in 1.13
+from dagster._core.storage.asset_check_execution_record import (  # no public export in 1.13
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
 )
 
 from ct_assets.defs.metadata import CHANGE_POINT_TAG, REASON_TAG
@@ -19,6 +20,7 @@ from ct_assets.lib.ingest import FileCatalog
 from ct_assets.lib.landing import LandingCursor, LandingRun, plan_landing_runs, scan_landing
 from ct_assets.lib.triggers import (
     TriggerLog,
+    awaiting_labels,
     cooldown_reason,
     describe_failure,
     followup_due,
@@ -309,8 +311,10 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
     cursor (the last evaluation handled). Each failure gives at most one retrain: the run key
     names the partition and the evaluation, and a failure that a queued, running or later
     retrain already answers is skipped, as is one within `triggers.cooldown` partitions of
-    the change the last drift or performance retrain answered. Every decision is logged for
-    `ct status`.
+    the change the last drift or performance retrain answered. A drift retrain also waits
+    (the failure stays pending) until the labels of the partition where the drift began are
+    known (`awaiting_labels`), so the model it deploys has learned the drifted rows. Every
+    decision is logged for `ct status`.
     """
     log = TriggerLog(config.storage_dir)
     check_key = dg.AssetCheckKey(dg.AssetKey(asset), check)
@@ -333,11 +337,14 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
                            followup.tags[DETAIL_TAG])
                 return dg.SensorResult(run_requests=[followup])
             return dg.SensorResult(skip_reason=f"no new failure of {asset}.{check}")
-        record = new[-1]  # the newest failure stands for the ones before it
-        evaluation = record.evaluation
-        metadata = evaluation.metadata if evaluation else {}
-        partition = metadata["first_flagged"].value if "first_flagged" in metadata else "?"
-        happened = dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC)
+        # The newest failure and the ones before it are one change: it began at the earliest
+        # partition they flagged (the change point), and the cursor moves past all of them.
+        record = new[-1]
+        flagged = {r.id: _first_flagged(r) for r in new}
+        partition = min((key for key in flagged.values() if key != "?"), default="?")
+        first = next((r for r in new if flagged[r.id] == partition), record)
+        metadata = first.evaluation.metadata if first.evaluation else {}
+        happened = dt.datetime.fromtimestamp(first.create_timestamp, dt.UTC)
         # A retrain created after the flagged partition's data landed has trained on it
         # already (e.g. the drift retrain itself, whose new model re-checks that partition):
         # another one would see the same data, so it answers this failure too.
@@ -354,6 +361,16 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
             skipped = f"{asset}.{check} failed for {partition}: {blocked}"
             log.record(name, "skipped", partition, skipped)
             return dg.SensorResult(skip_reason=skipped, cursor=str(record.id))
+        waiting = awaiting_labels(
+            config, partition,
+            context.instance.get_materialized_partitions(dg.AssetKey("model_performance")),
+            context.instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+        ) if reason == "drift" else None
+        if waiting:  # no cursor: the change stays pending, judged again at every tick
+            skipped = f"{asset}.{check} failed for {partition}: {waiting}"
+            if log.latest().get(name, {}).get("detail") != skipped:
+                log.record(name, "waiting", partition, skipped)
+            return dg.SensorResult(skip_reason=skipped)
         # The account of the flagged partition itself (per-partition checks: its own record).
         described = next((r.evaluation.metadata for r in new if r.evaluation and str(
             getattr(r.evaluation.metadata.get("partition"), "value", "")) == partition), metadata)
@@ -388,6 +405,12 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
             "and validate on them alone", change_point=str(start))
 
     return check_sensor
+
+
+def _first_flagged(record: AssetCheckExecutionRecord) -> str:
+    """The earliest partition a failed check evaluation flagged, or "?" (not recorded)."""
+    metadata = record.evaluation.metadata if record.evaluation else {}
+    return str(metadata["first_flagged"].value) if "first_flagged" in metadata else "?"
 
 
 def _landed_at(instance: dg.DagsterInstance, partition: str) -> dt.datetime | None:

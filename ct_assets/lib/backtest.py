@@ -10,7 +10,8 @@ the live loop would:
 2. drift of the partition against the deployed model's reference (`partition_drift`);
 3. the labels that became known in the partition complete older partitions: their realised
    metrics, the performance check (floor, Page-Hinkley on the model's error series);
-4. the policy's trigger, the cooldown (`cooldown_reason`), the follow-up after a change of
+4. the policy's trigger, the cooldown (`cooldown_reason`), the wait of a drift retrain for
+   the drifted partition's labels (`awaiting_labels`), the follow-up after a change of
    concept (`followup_due`, as `performance_sensor`), and a retrain through the same plan,
    fit and gate as `retrain_job` (`plan_training_set`, `fit_candidate`, `judge_candidate`), its
    drift reference fitted as `training_set` does; or, for `online`, the deployed model continued
@@ -50,7 +51,7 @@ from ct_assets.lib.monitoring import (
 from ct_assets.lib.progress import Progress
 from ct_assets.lib.training import TrainedModel, encode_labels
 from ct_assets.lib.training_set import apply_plan, choose_reference, plan_training_set
-from ct_assets.lib.triggers import cooldown_reason, followup_due
+from ct_assets.lib.triggers import awaiting_labels, cooldown_reason, followup_due
 from ct_assets.lib.validation import PARTITION
 
 POLICIES = ("never", "schedule", "drift", "performance", "drift+performance", "online")
@@ -229,6 +230,7 @@ class Replay:
         errors: dict[str, list[float]] = {}
         values_of: dict[str, list[float]] = {}
         pending: Deployed | None = None
+        waiting: str | None = None  # a drift change whose retrain waits for its labels
         followed: set[str | None] = set()  # regimes whose follow-up was launched (run key)
         pooled_y, pooled_scores = [], []
         delay = config.triggers.label_delay
@@ -273,6 +275,7 @@ class Replay:
                         labelled = part.filter(pl.Series(known))
                         deployed, pending = self._online(deployed, pending, labelled, result,
                                                          labelled_key)
+            events, waiting = self._await_labels(step, events, waiting, last_change, result)
             reason, change = self._decide(policy, step, events, last_change)
             start = deployed.regime[0]
             if reason is None and policy in ("performance", "drift+performance") \
@@ -304,6 +307,29 @@ class Replay:
             result.pooled = {name: every_metric[name] for name in ("accuracy", "roc_auc")
                              if name in every_metric}
         return result
+
+    def _await_labels(self, step: int, events: list[tuple[str, str]], waiting: str | None,
+                      last_change: str | None, result: PolicyResult
+                      ) -> tuple[list[tuple[str, str]], str | None]:
+        """The events to decide on at `step`, and the drift change still waiting for labels.
+
+        As `drift_sensor` does (`awaiting_labels`): a drift outside the cooldown starts a
+        change that waits until its first partition's labels are known (measured), then asks
+        for its retrain; drifts while it waits are the same change.
+        """
+        drifted = next((key for kind, key in events if kind == "drift"), None)
+        if drifted is not None and (waiting is not None or cooldown_reason(
+                self.config, drifted, last_change) is None):
+            events = [event for event in events if event[0] != "drift"]
+            if waiting is None:
+                waiting = drifted
+                result.events.append({"partition": drifted, "event": "drift",
+                                      "action": "waiting for labels"})
+        if waiting is not None and awaiting_labels(
+                self.config, waiting, {row["partition"] for row in result.measured},
+                self.history.keys[:step + 1]) is None:
+            return [("drift", waiting), *events], None
+        return events, waiting
 
     def _decide(self, policy: str, step: int, events: list[tuple[str, str]],
                 last_change: str | None) -> tuple[str | None, str | None]:

@@ -1,4 +1,5 @@
-"""Retraining triggers: the cooldown between retrains (in partitions) and the trigger log.
+"""Retraining triggers: the cooldown between retrains (in partitions), the wait for a drifted
+partition's labels, and the trigger log.
 
 The log (`<storage>/trigger_log.jsonl`, one JSON object per line, appended) records every
 decision a retraining trigger took on an event — launched, or skipped and why — so `ct status`
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,35 @@ def cooldown_reason(config: Config, partition: str, last_change: str | None) -> 
         return None
     return (f"cooldown: a retrain answered the change at {last_change}, {distance} "
             f"partition(s) before {partition} (triggers.cooldown {cooldown})")
+
+
+def awaiting_labels(config: Config, partition: str, labelled: Collection[str],
+                    landed: Collection[str]) -> str | None:
+    """Why a drift retrain answering a change at `partition` waits for its labels, or None.
+
+    A retrain launched the moment the inputs drift can learn nothing of the drifted rows
+    while their labels are still to come: it would refit the old rows and only move the
+    drift reference. So it waits until the labels of `partition` are known (its realised
+    performance was measured: `labelled`), and then learns them, once. It goes without them
+    when they come with the rows (`dataset.labels` unset and `triggers.label_delay` 0), and
+    when they are overdue: more than `label_delay` partitions `landed` after `partition` and
+    still none known.
+
+    Args:
+        config: the project configuration.
+        partition: the first drifted partition (the change point).
+        labelled: partitions whose labels are known.
+        landed: partitions whose rows landed.
+    """
+    delay = config.triggers.label_delay
+    if partition == "?" or partition in labelled or (config.dataset.labels is None
+                                                     and delay == 0):
+        return None
+    since = sum(key > partition for key in landed)
+    if since > delay:
+        return None
+    return (f"waiting for the labels of {partition} (due {delay} partition(s) after it, "
+            f"{since} landed since), so that the retrain learns the drifted rows")
 
 
 class TriggerLog:

@@ -78,6 +78,13 @@ def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp
         assert len(set(keys)) == 3, keys
 
 
+def labelled(instance, *partitions):
+    """Record that the labels of `partitions` are known (their performance was measured)."""
+    for partition in partitions:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="model_performance", partition=partition))
+
+
 def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
     config = make_config(tmp_path)
     defs = build_definitions(config)
@@ -96,6 +103,7 @@ def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
                 asset_key=check.asset_key, check_name=check.name, passed=False,
                 metadata={"first_flagged": partition}))
 
+        labelled(instance, "2026-01-12", "2026-01-14")
         fail("2026-01-12")  # two partitions later: inside triggers.cooldown (3)
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                             definitions=defs))
@@ -150,6 +158,7 @@ def test_a_failure_seen_while_a_retrain_runs_is_judged_again_if_that_retrain_cra
             defs.resolve_job_def("retrain_job"), tags={"ct/reason": "manual"},
             status=dg.DagsterRunStatus.STARTED)
         time.sleep(1.1)  # check records keep whole seconds: the failure comes after the run
+        labelled(instance, "2026-01-12")
         instance.report_runless_asset_event(dg.AssetCheckEvaluation(
             asset_key=check.asset_key, check_name=check.name, passed=False,
             metadata={"first_flagged": "2026-01-12"}))
@@ -164,3 +173,56 @@ def test_a_failure_seen_while_a_retrain_runs_is_judged_again_if_that_retrain_cra
         after = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=waiting.cursor, definitions=defs))
         assert [r.tags["ct/change_point"] for r in after.run_requests] == ["2026-01-12"]
+
+
+def test_a_drift_retrain_waits_for_the_labels_of_the_partition_where_the_drift_began(tmp_path):
+    config = make_config(tmp_path)  # labels in files, a day after their rows
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("drift_sensor")
+    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+
+    def tick(cursor):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                            definitions=defs))
+
+    def land_and_fail(partition):
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="raw_events", partition=partition))
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=check.asset_key, check_name=check.name, passed=False,
+            metadata={"first_flagged": partition}))
+
+    with dg.instance_for_test() as instance:
+        land_and_fail("2026-01-14")
+        first = tick(None)
+        assert not first.run_requests and first.cursor is None  # pending, not consumed
+        assert "waiting for the labels of 2026-01-14" in first.skip_message
+        assert "waiting for the labels of 2026-01-14" in tick(None).skip_message  # logged once
+        land_and_fail("2026-01-15")  # the next day drifts too: the same change
+        assert "waiting for the labels of 2026-01-14" in tick(None).skip_message
+        labelled(instance, "2026-01-14")  # its labels landed: the retrain can learn it
+        launched = tick(None)
+        assert [(r.tags["ct/change_point"], r.tags["ct/reason"])
+                for r in launched.run_requests] == [("2026-01-14", "drift")]
+        assert not tick(launched.cursor).run_requests  # both failures answered
+    log = TriggerLog(config.storage_dir).entries()
+    assert [(e["decision"], e["partition"]) for e in log] == [
+        ("waiting", "2026-01-14"), ("waiting", "2026-01-14"), ("launched", "2026-01-14")]
+    assert "1 landed since" in log[1]["detail"]
+
+
+def test_a_drift_retrain_goes_without_labels_that_are_overdue(tmp_path):
+    config = make_config(tmp_path)
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("drift_sensor")
+    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    with dg.instance_for_test() as instance:
+        for day in ("2026-01-14", "2026-01-15", "2026-01-16"):  # no label for any of them
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key="raw_events", partition=day))
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=check.asset_key, check_name=check.name, passed=False,
+            metadata={"first_flagged": "2026-01-14"}))
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
+                                                              definitions=defs))
+        assert [r.tags["ct/change_point"] for r in result.run_requests] == ["2026-01-14"]

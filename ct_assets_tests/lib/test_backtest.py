@@ -69,13 +69,17 @@ def test_triggers_retrain_as_the_live_loop_does(replayed):
     assert [e["partition"] for e in schedule.events] == [keys[step] for step in due]
     drift = by_policy["drift"]
     change = (FIRST + dt.timedelta(days=CHANGE)).isoformat()
+    learned = (FIRST + dt.timedelta(days=CHANGE + 1)).isoformat()  # its labels are known
+    # The drift retrain waits for the drifted day's labels (a day late), as drift_sensor does.
+    assert drift.events[0] == {"partition": change, "event": "drift",
+                               "action": "waiting for labels"}
     retrained = [e for e in drift.events if e["action"] == "retrained"]
-    assert retrained and retrained[0] == {"partition": change, "event": "drift",
+    assert retrained and retrained[0] == {"partition": learned, "event": "drift",
                                           "action": "retrained"}
     assert drift.retrains == {"drift": 1}  # the reference moved with the change: once
     # Partitions after the retrain are scored by the retrained model.
-    after = [row["model"] for row in drift.measured if row["partition"] > change]
-    assert after and set(after) == {f"drift@{change}"}
+    after = [row["model"] for row in drift.measured if row["partition"] > learned]
+    assert after and set(after) == {f"drift@{learned}"}
     online = by_policy["online"]
     assert online.retrains["online"] + online.refusals >= len(online.measured) - 2
 

@@ -7,6 +7,7 @@ import pytest
 from ct_assets.lib.config import config_from_dict
 from ct_assets.lib.triggers import (
     TriggerLog,
+    awaiting_labels,
     cooldown_reason,
     describe_failure,
     followup_due,
@@ -38,6 +39,31 @@ def test_cooldown_skips_events_within_cooldown_partitions_of_the_last_change():
     assert cooldown_reason(config, "2026-02-03", "2026-01-31") is None
     assert cooldown_reason(config, "2026-01-20", "2026-01-31") is not None  # already answered
     assert cooldown_reason(make_config(cooldown=0), "2026-01-31", "2026-01-31") is None
+
+
+def test_a_drift_retrain_waits_for_the_drifted_partitions_labels_unless_overdue():
+    def config(delay: int, label_files: bool):
+        labels = {"labels": {"landing_dir": "labels"}} if label_files else {}
+        return config_from_dict({"dataset": {"source": "simulator", **labels},
+                                 "triggers": {"label_delay": delay}}, base_dir=Path("/tmp"))
+
+    landed = ["2026-01-30", "2026-01-31"]
+    late = config(delay=1, label_files=True)
+    reason = awaiting_labels(late, "2026-01-31", {"2026-01-30"}, landed)
+    assert reason is not None and "labels of 2026-01-31" in reason and "0 landed since" in reason
+    assert awaiting_labels(late, "2026-01-31", {"2026-01-30", "2026-01-31"}, landed) is None
+    # Due a partition later: one more partition without them is still waited for, two are not.
+    assert awaiting_labels(late, "2026-01-31", set(), [*landed, "2026-02-01"]) is not None
+    assert awaiting_labels(late, "2026-01-31", set(), [*landed, "2026-02-01", "2026-02-02"]
+                           ) is None
+    # Labels in the data file count as known label_delay partitions later: 0 means at once.
+    assert awaiting_labels(config(delay=0, label_files=False), "2026-01-31", set(), landed
+                           ) is None
+    assert awaiting_labels(config(delay=1, label_files=False), "2026-01-31", set(), landed
+                           ) is not None
+    assert awaiting_labels(config(delay=0, label_files=True), "2026-01-31", set(), landed
+                           ) is not None
+    assert awaiting_labels(late, "?", set(), landed) is None  # no partition: nothing to wait on
 
 
 def test_weekly_cooldown_counts_weeks():
