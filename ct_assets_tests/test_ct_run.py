@@ -173,3 +173,49 @@ def test_late_rows_refresh_the_features_predictions_and_drift_of_the_partitions_
     for key in ("2026-01-04", "2026-01-13", "2026-01-14"):  # before it, or out of reach
         assert after["features"][key] == pytest.approx(before["features"][key]), key
     assert drift_runs("2026-01-06") == drift_before + 1
+
+
+def test_two_triggers_in_one_pass_run_one_retrain_and_log_the_other_as_answered(
+        tmp_path, capfd, monkeypatch):
+    """Drift (a covariate day) and performance (a concept day) both ask in one `ct run`."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "data" / "dagster"))
+    path = project(tmp_path, triggers={"cooldown": 0, "label_delay": 0})
+    assert ct_run(path, capfd)[0] == 0
+    config = load_config(path)
+    log = TriggerLog(config.storage_dir)
+    before = len(log.entries())
+
+    covariate, concept = (FIRST_DAY + dt.timedelta(days=DAYS + n) for n in (0, 1))
+    for day, kind in ((covariate, "covariate"), (concept, "concept")):
+        write_days(config.landing_dir, start=day, days=1, rows_per_day=ROWS_PER_DAY,
+                   drift=DriftScenario(kind, day))
+    code, out, err = ct_run(path, capfd, "--json")
+    assert code == 0, out + err
+    [retrain] = [run for run in json.loads(out)["runs"] if run["job"] == "retrain_job"]
+    assert retrain["outcome"] in ("ok", "rejected") and retrain["what"].startswith("(drift: ")
+    with dg.DagsterInstance.get() as instance:
+        retrains = instance.get_runs(dg.RunsFilter(job_name="retrain_job"))
+    assert retrains[0].run_id == retrain["run_id"]  # newest first
+    assert [run.tags["ct/reason"] for run in retrains] == ["drift", "initial"]
+
+    entries = log.entries()[before:]
+    assert [(entry["trigger"], entry["decision"]) for entry in entries] == [
+        ("drift_sensor", "launched"), ("performance_sensor", "launched"),
+        ("performance_sensor", "skipped")], entries
+    assert entries[0]["partition"] == covariate.isoformat()
+    skipped = entries[2]
+    assert skipped["partition"] == concept.isoformat()
+    assert skipped["detail"].startswith("performance:")
+    assert (f"answered by retrain run {retrain['run_id']} (drift:{covariate.isoformat()}:"
+            in skipped["detail"] and "one retrain per pass" in skipped["detail"])
+    state = json.loads((config.storage_dir / "ct_run_state.json").read_text(encoding="utf-8"))
+    assert {key.split(":")[0] for key in state["run_keys"]} >= {"drift", "performance"}
+
+    code, out, err = ct_run(path, capfd, "--json")  # nothing new: both events are answered
+    assert code == 0, out + err
+    assert [run["job"] for run in json.loads(out)["runs"]
+            if run["job"] == "retrain_job"] == [], out
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs(dg.RunsFilter(job_name="retrain_job"))) == 2
+    assert [entry for entry in log.entries()[before + len(entries):]
+            if entry["decision"] == "launched"] == []

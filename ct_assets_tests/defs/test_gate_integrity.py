@@ -33,6 +33,7 @@ from ct_assets_tests.defs.test_lifecycle import (
     built,
     checks,
     clone,
+    failure_text,
     materialized,
     project_instance,
     run_job,
@@ -170,6 +171,41 @@ def test_rollback_refuses_a_rejected_candidate_unless_forced(base, tmp_path, cap
     assert cli.main(["--config", str(strict), "rollback", "--to", rejected, "--force"]) == 0
     deployed = store.deployed()
     assert deployed["version"] == rejected and "the gate rejected" in deployed["forced"]
+
+
+def test_rollback_refuses_a_version_the_gate_never_validated_unless_forced(base, tmp_path,
+                                                                          capsys):
+    """A candidate trained on its own (as from the UI, without `validation_report`)."""
+    path, config = clone(base["root"], tmp_path / "project")
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    with project_instance(config) as instance:
+        trained = job.execute_in_process(
+            instance=instance, run_config=QUIET,
+            asset_selection=[dg.AssetKey("training_set"), dg.AssetKey("candidate_model")])
+    assert trained.success
+    unvalidated = materialized(trained)["candidate_model"]["version"]
+    store = ModelStore(config.models_dir)
+    assert store.decision(unvalidated) is None
+    assert not (store.path(unvalidated) / DECISION).exists()
+
+    capsys.readouterr()
+    assert cli.main(["--config", str(path), "rollback", "--to", unvalidated]) == 2
+    error = capsys.readouterr().err
+    assert f"refusing to roll back to {unvalidated}" in error
+    assert f"the gate never validated {unvalidated}" in error
+    assert str(store.path(unvalidated) / DECISION) in error and "--force" in error
+    assert store.deployed()["version"] == base["version"]
+    assert [r["version"] for r in store.pointer()["history"]] == [base["version"]]
+
+    assert cli.main(["--config", str(path), "rollback", "--to", unvalidated, "--force"]) == 0
+    deployed = store.deployed()
+    assert deployed["version"] == unvalidated and deployed["reason"] == "rollback"
+    assert f"the gate never validated {unvalidated}" in deployed["forced"]
+    assert deployed["forced_because"] == [deployed["forced"]]
+    assert deployed["rolled_back_from"] == base["version"]
+    with project_instance(config) as instance:  # what the UI and the freshness sensor read
+        event = instance.get_latest_materialization_event(dg.AssetKey("deployed_model"))
+    assert event.asset_materialization.metadata["deployed_version"].value == unvalidated
 
 
 def test_rollback_refuses_a_version_whose_schema_differs_from_the_config(base, tmp_path,
@@ -322,3 +358,56 @@ def test_the_model_is_as_fresh_as_its_promotion(base, tmp_path):
         assert latest.timestamp == promoted.timestamp and latest.run_id == promoted.run_id
         assert freshness(instance, promoted.timestamp + 30) == FreshnessState.PASS
         assert freshness(instance, promoted.timestamp + 61) == FreshnessState.FAIL
+
+
+def _redeploy_in(config: Config, instance: dg.DagsterInstance, parent: str
+                 ) -> dg.ExecuteInProcessResult:
+    """Re-execute only `deployed_model` of run `parent` (the UI's "re-execute selected"): a new
+    run carrying the parent tags Dagster's re-execution sets, so `deployed_model` judges the
+    candidate the parent run validated."""
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False,
+        tags={"dagster/parent_run_id": parent, "dagster/root_run_id": parent},
+        asset_selection=[dg.AssetKey("deployed_model")])
+
+
+@pytest.mark.parametrize("resealed", [False, True], ids=["edited", "edited_and_resealed"])
+def test_a_verdict_tampered_after_the_gate_is_refused_by_the_run_that_validated_it(
+        base, tmp_path, resealed):
+    """The run did validate a candidate: the gate rejected it, then `approved` was edited.
+
+    Edited by hand, the seal gives it away; re-sealed with the store's key (by someone who has
+    it), the verdict disagrees with the `gate` check the instance recorded for that run. Either
+    way the re-executed `deployed_model` fails naming the file, and the pointer stays.
+    """
+    path, _ = clone(base["root"], tmp_path / "project")
+    config = load_config(write_config(path.parent, gate={"min_value": 0.99}))
+    store = ModelStore(config.models_dir)
+    with project_instance(config) as instance:
+        rejected = run_job(config, instance, "retrain_job", raise_on_error=False)
+        assert not checks(rejected)["gate"].passed
+        candidate = materialized(rejected)["validation_report"]["candidate_version"]
+        decision = store.path(candidate) / DECISION
+        forged = {**json.loads(decision.read_text(encoding="utf-8")),
+                  "approved": True, "reasons": []}
+        assert forged["run_id"] == rejected.run_id
+        if resealed:
+            store.record_decision(candidate, forged)
+            assert store.trusted_verdict(candidate)[0]  # the seal alone would let it through
+        else:
+            decision.write_text(json.dumps(forged), encoding="utf-8")
+
+        again = _redeploy_in(config, instance, rejected.run_id)
+    assert not again.success
+    assert [event.step_key for event in again.get_step_failure_events()] == ["deployed_model"]
+    error = failure_text(again)
+    assert str(decision) in error
+    if resealed:
+        assert (f"says approved=True, but the gate check of run {rejected.run_id} recorded "
+                "passed=False") in error
+    else:
+        assert "seal mismatch" in error
+    assert "deployed_model" not in materialized(again)
+    assert store.deployed()["version"] == base["version"]
+    assert [r["version"] for r in store.pointer()["history"]] == [base["version"]]
