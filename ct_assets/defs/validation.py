@@ -22,6 +22,7 @@ from ct_assets.lib.evaluation import (
 from ct_assets.lib.features import feature_schema
 from ct_assets.lib.inline_charts import holdout_svg, svg_markdown
 from ct_assets.lib.model_store import ModelStore, ModelStoreError
+from ct_assets.lib.partition_figures import rounded
 from ct_assets.lib.reports import comparison_chart_png, markdown_image, markdown_table
 from ct_assets.lib.serving import canary_problems, load_verified, schema_problems
 from ct_assets.lib.training import SPEC_FILE, load_model
@@ -136,19 +137,20 @@ def build_validation_assets(config: Config) -> list[dg.AssetsDefinition]:
             "champion_version": champion["version"] if champion else "none",
             "verdict": decision.summary(),
             "holdout_rows": len(y),
-            **{f"candidate_{k}": _finite(v) for k, v in metrics["candidate"].items()},
-            **{f"champion_{k}": _finite(v) for k, v in metrics.get("champion", {}).items()},
+            # Shown rounded (NaN and infinities as None); DuckDB and decision.json keep them whole.
+            **rounded({f"candidate_{k}": v for k, v in metrics["candidate"].items()}),
+            **rounded({f"champion_{k}": v for k, v in metrics.get("champion", {}).items()}),
             "report": dg.MetadataValue.md(report),
         })
         yield dg.AssetCheckResult(
             check_name="gate", passed=decision.approved,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"observed": _finite(decision.candidate_value),
-                      "threshold": gate.min_value,
-                      "champion_value": _finite(decision.champion_value),
-                      "max_regression": gate.max_regression, "metric": gate.metric,
-                      "candidate_version": version,
-                      "verdict": decision.summary()},
+            metadata=rounded({"observed": decision.candidate_value,
+                              "threshold": gate.min_value,
+                              "champion_value": decision.champion_value,
+                              "max_regression": gate.max_regression, "metric": gate.metric,
+                              "candidate_version": version,
+                              "verdict": decision.summary()}),
         )
 
     return [validation_report]
@@ -214,10 +216,6 @@ def evaluated_part(manifest: dict) -> str | None:
 
 def _threshold(manifest: dict) -> float:
     return manifest.get("operating_threshold") or OPERATING_THRESHOLD
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _write_report(warehouse: WarehouseResource, version: str, champion: dict | None,

@@ -30,6 +30,7 @@ from ct_assets.lib.config import Config, load_config
 from ct_assets.lib.features import feature_schema
 from ct_assets.lib.ingest import FileCatalog, landed_partitions
 from ct_assets.lib.model_store import DECISION, MANIFEST, ModelStore, sha256_file
+from ct_assets.lib.partition_figures import significant
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
@@ -284,7 +285,23 @@ def test_drift_retrain_deploys_with_reason_drift(base, drifted, capsys):
     assert drifted["retrain"]["candidate_model"]["reason"] == "drift"
     manifest = ModelStore(config.models_dir).manifest(new)
     assert manifest["parent"] == base["version"] and manifest["reason"] == "drift"
-    assert drifted["retrain"]["validation_report"]["champion_version"] == base["version"]
+    report = drifted["retrain"]["validation_report"]
+    assert report["champion_version"] == base["version"]
+    # The UI shows the metrics rounded; decision.json and the warehouse keep them whole.
+    gate = drifted["checks"]["gate"].metadata
+    shown = {**{key: value for key, value in report.items()
+                if key.startswith(("candidate_", "champion_")) and isinstance(value, float)},
+             "observed": gate["observed"].value, "champion_value": gate["champion_value"].value}
+    assert {"candidate_roc_auc", "champion_roc_auc", "candidate_brier"} <= set(shown)
+    for key, value in shown.items():
+        assert isinstance(value, float) and value == significant(value), (key, value)
+    decision = ModelStore(config.models_dir).decision(new)
+    assert shown["observed"] == significant(decision["candidate_value"])
+    assert shown["champion_value"] == significant(decision["champion_value"])
+    stored = Warehouse(config.warehouse_path).query(
+        "SELECT value FROM validation_report WHERE candidate_version = ? AND segment = 'all'",
+        [new])["value"].drop_nulls().drop_nans().to_list()
+    assert any(value != significant(value) for value in stored), stored
 
     status = ct_json(capsys, drifted["config_path"], "status")
     deployed = status["deployed"]
