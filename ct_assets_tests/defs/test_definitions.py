@@ -167,6 +167,22 @@ def test_cli_materializes_a_partition_range_without_warnings(tmp_path, command):
     assert len(runs) == 1  # the range is one run
 
 
+def test_dg_check_defs_loads_the_project_without_warnings(tmp_path):
+    """`dg check defs` from the project root (as the README shows) loads the definitions."""
+    (tmp_path / "ct.yaml").write_text(
+        "dataset: {source: simulator}\npartitions: {start: 2026-02-01}\n", encoding="utf-8")
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes((ROOT / "dagster.yaml").read_bytes())
+    env = {**os.environ, "CT_CONFIG": str(tmp_path / "ct.yaml"), "DAGSTER_HOME": str(home)}
+    done = subprocess.run([str(DAGSTER.parent / "dg"), "check", "defs"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "All definitions loaded successfully." in done.stdout, output[-3000:]
+    assert "warning" not in output.lower(), output[-3000:]
+
+
 def test_bad_config_fails_before_any_asset_runs(tmp_path):
     (tmp_path / "ct.yaml").write_text("dataset: {source: simulator, colour: red}\n",
                                       encoding="utf-8")
