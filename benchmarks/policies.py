@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ from ct_assets.lib.simulator import DriftScenario, write_days
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ELEC2_CSV = Path("/work/shared/datasets/elec2/elec.csv")
+PREPARE_ELEC2 = ROOT / "examples" / "elec2" / "prepare.py"
 KINDS = ("covariate", "concept", "prior", "gradual", "segment", "none")
 TRIGGERED = ("drift", "performance", "drift+performance")
 HISTORY, AFTER, CHANGE_DAY, ROWS = 30, 30, 35, 2000
@@ -70,20 +71,34 @@ def replay(config_path: Path, every: int, chart: Path) -> dict:
             "chart": str(chart.relative_to(ROOT))}
 
 
+def elec2_csv() -> Path:
+    """Elec2's `elec.csv`, found as `examples/elec2/prepare.py` finds it ($CT_ELEC2_CSV, …).
+
+    Raises:
+        FileNotFoundError: it is nowhere; the message names the paths tried.
+    """
+    spec = importlib.util.spec_from_file_location("elec2_prepare", PREPARE_ELEC2)
+    assert spec and spec.loader
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    return prepare.find_source()
+
+
 def elec2(work: Path) -> dict:
     """Elec2 through every policy, and the reference baselines on the same weeks."""
+    source = elec2_csv()
     project = work / "elec2"
     project.mkdir()
     shutil.copyfile(ROOT / "examples" / "elec2" / "ct.yaml", project / "ct.yaml")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "elec2" / "prepare.py"),
-                    "--source", str(ELEC2_CSV), "--out", str(project / "data" / "landing")],
+    subprocess.run([sys.executable, str(PREPARE_ELEC2),
+                    "--source", str(source), "--out", str(project / "data" / "landing")],
                    check=True, capture_output=True)
     result = replay(project / "ct.yaml", 4, RESULTS / "policies_elec2.png")
     weeks = [row["partition"] for row in result["measured"]["never"]]
     reference = RESULTS / "reference_baselines.json"
     began = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_baselines.py"),
-                    "--csv", str(ELEC2_CSV), "--first-week", weeks[0], "--out", str(reference)],
+                    "--csv", str(source), "--first-week", weeks[0], "--out", str(reference)],
                    check=True)
     baselines = json.loads(reference.read_text())
     result["reference_seconds"] = round(time.perf_counter() - began, 1)

@@ -2,7 +2,10 @@
 
 import datetime as dt
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -119,3 +122,24 @@ def test_a_start_inside_a_week_loses_no_rows(prepare_module, tmp_path):
     assert partitions_def is not None
     assert partitions_def.get_first_partition_key() == FIRST_WEEK
     assert landed <= set(partitions_def.get_partition_keys())
+
+
+def test_missing_elec2_is_one_line_naming_where_it_looked(tmp_path, monkeypatch):
+    missing = tmp_path / "elsewhere" / "elec.csv"
+    done = subprocess.run([sys.executable, str(EXAMPLE / "prepare.py"), "--out",
+                           str(tmp_path / "landing")], capture_output=True, text=True,
+                          env={**os.environ, "CT_ELEC2_CSV": str(missing)}, check=False)
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [
+        f"prepare.py: Elec2's elec.csv not found: tried $CT_ELEC2_CSV = {missing}; set "
+        "CT_ELEC2_CSV to the file's path, or pass --source"]
+    assert not (tmp_path / "landing").exists()
+    # Without the variable, every default place is named.
+    module = _prepare_module()
+    monkeypatch.delenv("CT_ELEC2_CSV", raising=False)
+    monkeypatch.setattr(module, "CANDIDATES", [tmp_path / "a" / "elec.csv", missing])
+    with pytest.raises(FileNotFoundError) as caught:
+        module.find_source()
+    assert str(caught.value) == (
+        f"Elec2's elec.csv not found: tried {tmp_path / 'a' / 'elec.csv'}, {missing} "
+        "($CT_ELEC2_CSV is not set); set CT_ELEC2_CSV to the file's path, or pass --source")

@@ -5,7 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from ct_assets.defs.resources import WarehouseResource
-from ct_assets.defs.runs import holds_warehouse
+from ct_assets.defs.runs import duckdb_slot
 from ct_assets.lib.backtest import POLICIES, backtest, chart_png, results_table
 from ct_assets.lib.config import Config
 from ct_assets.lib.reports import markdown_image, markdown_table
@@ -21,10 +21,11 @@ class BacktestConfig(dg.Config):
 def build_evaluation_assets(project: Config) -> list[dg.AssetsDefinition]:
     """The `policy_backtest` asset: on demand only, in no job and with no automation."""
 
-    @dg.asset(group_name="evaluation", kinds={"duckdb", "matplotlib"}, pool="duckdb",
+    # No pool on the step: the replay takes minutes and never opens the warehouse; it holds
+    # `duckdb` only while it writes the table, so the live loop's runs go on meanwhile.
+    @dg.asset(group_name="evaluation", kinds={"duckdb", "matplotlib"},
               metadata={"dagster/table_name": "warehouse.main.policy_backtest"})
-    @holds_warehouse
-    def policy_backtest(config: BacktestConfig,
+    def policy_backtest(context: dg.AssetExecutionContext, config: BacktestConfig,
                         warehouse: WarehouseResource) -> dg.MaterializeResult:
         """Retraining policies replayed over the landed history: which one pays, and at what cost.
 
@@ -40,7 +41,7 @@ def build_evaluation_assets(project: Config) -> list[dg.AssetsDefinition]:
         metric = str(project.gate.metric)
         rows = results_table(results, metric)
         table = pl.DataFrame(rows)
-        with warehouse.get().connect() as connection:
+        with duckdb_slot(context), warehouse.get().connect() as connection:
             connection.register("incoming", table.to_arrow())
             connection.execute("CREATE OR REPLACE TABLE policy_backtest AS "
                                "SELECT * FROM incoming")

@@ -8,7 +8,9 @@ import os
 import time
 
 import dagster as dg
+import yaml
 
+from ct_assets import cli
 from ct_assets.definitions import build_definitions
 from ct_assets.defs.automation import retrain_request
 from ct_assets.lib.config import config_from_dict
@@ -17,12 +19,13 @@ from ct_assets.lib.labels import read_labels
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.triggers import TriggerLog
 
+PROJECT = {"dataset": {"source": "simulator", "labels": {"landing_dir": "labels"}},
+           "partitions": {"start": "2026-01-01"},
+           "storage": {"dir": "data"}}
+
 
 def make_config(tmp_path):
-    return config_from_dict({"dataset": {"source": "simulator",
-                                         "labels": {"landing_dir": "labels"}},
-                             "partitions": {"start": "2026-01-01"},
-                             "storage": {"dir": "data"}}, base_dir=tmp_path)
+    return config_from_dict(PROJECT, base_dir=tmp_path)
 
 
 def settle(directory):
@@ -85,7 +88,17 @@ def labelled(instance, *partitions):
             asset_key="model_performance", partition=partition))
 
 
-def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
+def status(tmp_path, capsys, *flags):
+    """`ct status` of the project `make_config` describes, in-process: its output."""
+    path = tmp_path / "ct.yaml"
+    path.write_text(yaml.safe_dump(PROJECT), encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main(["--config", str(path), "status", *flags]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out) if flags else out
+
+
+def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path, capsys):
     config = make_config(tmp_path)
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def("drift_sensor")
@@ -109,6 +122,13 @@ def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path):
                                                             definitions=defs))
         assert not tick.run_requests
         assert "cooldown" in tick.skip_message and "2026-01-10" in tick.skip_message
+        # `ct status` shows the skip and its reason, in JSON and as text.
+        shown = status(tmp_path, capsys, "--json")
+        assert {key: shown["triggers"]["drift_sensor"][key] for key in
+                ("decision", "partition", "detail")} == {
+            "decision": "skipped", "partition": "2026-01-12", "detail": tick.skip_message}
+        assert f"drift_sensor: skipped at {shown['triggers']['drift_sensor']['at']}: " \
+               f"{tick.skip_message}" in status(tmp_path, capsys).splitlines()
         fail("2026-01-14")  # four partitions later: a new change
         later = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=tick.cursor, definitions=defs))

@@ -37,7 +37,8 @@ EXPECTED_GRAPH = {
     "model_performance": {"group": "monitoring", "deps": {"predictions", "raw_events"},
                           "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
     "policy_backtest": {"group": "evaluation", "deps": set(), "kinds": {"duckdb", "matplotlib"},
-                        "pool": "duckdb", "partitioned": False},
+                        # No pool: the replay claims `duckdb` only around its write.
+                        "pool": None, "partitioned": False},
     "served_predictions": {"group": "serving", "deps": {"deployed_model"},
                            "kinds": {"duckdb", "polars"}, "pool": "duckdb", "partitioned": True},
 }

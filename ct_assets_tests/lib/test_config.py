@@ -77,6 +77,10 @@ def test_ct_config_environment_variable(tmp_path, monkeypatch):
          "shorter than the shortest model age, 1 minute"),
         ({"dataset": {"source": "simulator"}, "features": {"relative_to_recent": ["region"]}},
          "column 'region' is not numeric"),
+        ({"dataset": {"source": "simulator"},
+          "training": {"strategy": "online", "model": "sklearn_logreg"}},
+         "training.strategy online needs a model that can learn new rows (lightgbm or "
+         "sklearn_sgd), not 'sklearn_logreg'"),
     ],
 )
 def test_invalid_config_is_one_line_naming_key_and_value(tmp_path, raw, expected):

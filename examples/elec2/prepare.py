@@ -13,17 +13,43 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 
 import polars as pl
 
 HERE = Path(__file__).resolve().parent
+SOURCE_VARIABLE = "CT_ELEC2_CSV"
 # The shared data set sits beside the repository: <repo>/../shared/datasets/elec2/elec.csv.
 # $CT_ELEC2_CSV overrides it; /work/shared is where this team's machines keep it.
-CANDIDATES = [HERE / "../../../shared/datasets/elec2/elec.csv",
+CANDIDATES = [(HERE / "../../../shared/datasets/elec2/elec.csv").resolve(),
               Path("/work/shared/datasets/elec2/elec.csv")]
-DEFAULT_SOURCE = Path(os.environ.get("CT_ELEC2_CSV") or next(
-    (c for c in CANDIDATES if c.is_file()), CANDIDATES[0]))
+
+
+def source_paths() -> list[Path]:
+    """Where `elec.csv` is looked for: `$CT_ELEC2_CSV` alone when set, else `CANDIDATES`."""
+    override = os.environ.get(SOURCE_VARIABLE)
+    return [Path(override)] if override else list(dict.fromkeys(CANDIDATES))
+
+
+def find_source() -> Path:
+    """The Elec2 `elec.csv` to read: the first of `source_paths()` that is a file.
+
+    Raises:
+        FileNotFoundError: none is; the one-line message names each path tried and
+            `$CT_ELEC2_CSV`.
+    """
+    tried = source_paths()
+    found = next((path for path in tried if path.is_file()), None)
+    if found is None:
+        where = (f"${SOURCE_VARIABLE} = {tried[0]}" if os.environ.get(SOURCE_VARIABLE)
+                 else f"{', '.join(map(str, tried))} (${SOURCE_VARIABLE} is not set)")
+        raise FileNotFoundError(f"Elec2's elec.csv not found: tried {where}; set "
+                                f"{SOURCE_VARIABLE} to the file's path, or pass --source")
+    return found
+
+
+DEFAULT_SOURCE = next((path for path in source_paths() if path.is_file()), source_paths()[0])
 DEFAULT_OUT = HERE / "data" / "landing"
 FIRST_DAY = dt.datetime(1996, 5, 7, tzinfo=dt.UTC)
 TIMESTAMP = "timestamp"
@@ -39,7 +65,13 @@ def add_timestamps(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def prepare(source: Path, out: Path) -> int:
-    """Write `source` with timestamps into `out`, one CSV per month; returns the rows written."""
+    """Write `source` with timestamps into `out`, one CSV per month; returns the rows written.
+
+    Raises:
+        FileNotFoundError: `source` is not a file (naming it).
+    """
+    if not source.is_file():
+        raise FileNotFoundError(f"Elec2's elec.csv not found: {source} is not a file")
     frame = add_timestamps(pl.read_csv(source))
     out.mkdir(parents=True, exist_ok=True)
     month = pl.col(TIMESTAMP).dt.strftime("%Y-%m")
@@ -60,10 +92,16 @@ def prepare(source: Path, out: Path) -> int:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Elec2 elec.csv")
+    parser.add_argument("--source", type=Path, help=f"Elec2 elec.csv (default: "
+                        f"${SOURCE_VARIABLE}, else the first of "
+                        f"{', '.join(map(str, dict.fromkeys(CANDIDATES)))})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="landing directory")
     args = parser.parse_args()
-    rows = prepare(args.source.resolve(), args.out.resolve())
+    try:
+        source = args.source.resolve() if args.source else find_source()
+        rows = prepare(source, args.out.resolve())
+    except FileNotFoundError as error:  # one line, not a traceback: what to set
+        sys.exit(f"prepare.py: {error}")
     print(f"wrote {rows} rows to {args.out.resolve()}")
 
 
