@@ -119,21 +119,22 @@ def mark_regime(frame: pl.DataFrame, partition: str, start: str | None, kind: st
 
 
 def regime_weights(in_regime: pl.Series, kind: str | None = None) -> np.ndarray | None:
-    """Sample weights that let the current regime count more than the rows before it.
+    """Sample weights that let a new concept count more than the rows before it.
 
-    Rows of the current regime weigh 1. After a change in the inputs (drift), the older rows
-    together weigh as much as the regime (each `min(1, regime rows / older rows)`): the old
-    relation between inputs and label still holds, there is just less of the new inputs. After
-    a change in the relation itself (`concept`: performance fell), the older rows together
-    weigh `CONCEPT_OLD_SHARE` of the regime: what they teach is now mostly wrong. None when
-    every row is in the current regime, or none is (nothing to emphasise).
+    After a change in the relation itself (`concept`: performance fell), rows of the regime
+    weigh 1 and the older rows together weigh `CONCEPT_OLD_SHARE` of the regime: what they
+    teach is now mostly wrong. After a change in the inputs only (drift), every labelled row
+    counts the same (None): the old relation still holds, so the old rows are as good evidence
+    as the new; making a day or two of new inputs weigh as much as the whole window only fits
+    their noise (`benchmarks/policies.py`, simulated covariate drift: the drift policy's mean
+    ROC AUC 0.9095 weighted, 0.9171 not).
+    None also when every row is in the regime, or none is (nothing to emphasise).
     """
     recent = int(in_regime.sum())
     older = in_regime.len() - recent
-    if recent == 0 or older == 0:
+    if kind != "concept" or recent == 0 or older == 0:
         return None
-    share = CONCEPT_OLD_SHARE if kind == "concept" else 1.0
-    old_weight = min(1.0, share * recent / older)
+    old_weight = min(1.0, CONCEPT_OLD_SHARE * recent / older)
     return np.where(in_regime.to_numpy(), 1.0, old_weight)
 
 

@@ -1,5 +1,7 @@
-"""Retraining triggers: the cooldown between retrains (in partitions), the wait for a drifted
-partition's labels, and the trigger log.
+"""Retraining triggers: cooldown (in partitions), the wait for labels, and the trigger log.
+
+A drift retrain waits for the labels of the partition where the drift began
+(`awaiting_labels`), so that the model it deploys learns the drifted rows.
 
 The log (`<storage>/trigger_log.jsonl`, one JSON object per line, appended) records every
 decision a retraining trigger took on an event — launched, or skipped and why — so `ct status`
