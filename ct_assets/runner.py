@@ -101,7 +101,7 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
        are brought up to date (`scoring_job`, `drift_job`, `performance_job`);
     4. the retraining triggers (drift, performance and freshness sensors) are evaluated on the
        instance, and the retrain they ask for is run, tagged with its reason; a model it
-       promotes re-scores the newest landed partition (and judges its drift).
+       promotes re-scores the latest partition when rows landed in it (and judges its drift).
 
     Runs are recorded in the Dagster instance of `$DAGSTER_HOME`, so the UI shows them like
     daemon-launched runs. With `progress`, each run's line goes to stderr (under a bar on a
@@ -172,12 +172,11 @@ def run_pipeline(config: Config, *, rebuild: bool = False, progress: bool = True
                     dict(request.tags))
                 if record["outcome"] != "failed":  # a crash leaves the events pending
                     triggers.commit(answered_by=record["run_id"])
-                newest = max(landed & set(ordered), default=None)
-                if store.deployed() != before and newest is not None:
-                    # A new model re-scores (and re-judges) the newest partition, as the
-                    # automation sensor does after a promotion.
+                if store.deployed() != before and ordered and ordered[-1] in landed:
+                    # A new model re-scores (and re-judges) the latest partition, as the
+                    # automation sensor does after a promotion (`follows_upstream`).
                     runner.expect([], more=1)
-                    runner.partitioned("landing_job", {newest}, landing_monitors(config))
+                    runner.partitioned("landing_job", {ordered[-1]}, landing_monitors(config))
             else:
                 triggers.commit()
     return {"landed_partitions": len(landed), "runs": runner.runs,

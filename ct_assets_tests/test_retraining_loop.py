@@ -120,12 +120,13 @@ def test_covariate_drift_gives_exactly_one_retrain(history, tmp_path, capsys, mo
     status = ct(path, capsys, "status")
     assert status["deployed"]["version"] == model["version"]
     assert status["deployed"]["reason"] == "drift"
-    # Its drift reference is the drifted regime, so the seven drifted days after it pass.
+    # Its drift reference is the drifted regime, so the six drifted days after the one it was
+    # launched on pass.
     drift = Warehouse(load_config(path).warehouse_path).query(
         "SELECT _partition, model_version, count(*) FILTER (drifted) AS drifted "
         "FROM drift_report WHERE segment = 'all' AND _partition > ? GROUP BY ALL ORDER BY 1",
-        [CHANGE.isoformat()])
-    assert drift.height == AFTER - 1
+        [(CHANGE + dt.timedelta(days=1)).isoformat()])
+    assert drift.height == AFTER - 2
     assert set(drift["model_version"]) == {model["version"]}
     assert drift["drifted"].max() <= 1
     launched = [e for e in TriggerLog(path.parent / "data").entries()
