@@ -134,9 +134,10 @@ def performance_rules(value: float | None, errors: list[float], values: list[flo
         rules.append(f"floor: {metric} {value:.4f} is worse than triggers.min_performance "
                      f"{floor}")
     if alarm:
+        shown = f"{metric} {value:.4f}" if value is not None else metric
         rules.append(f"Page-Hinkley: the model's error series ({metric} turned so that larger "
-                     f"is worse, {len(errors)} measured partitions) rose at this partition "
-                     f"(drift.page_hinkley delta {settings.delta}, threshold "
+                     f"is worse, {len(errors)} measured partitions) rose at this partition, "
+                     f"{shown} (drift.page_hinkley delta {settings.delta}, threshold "
                      f"{settings.threshold})")
     if degraded:
         rules.append(f"degradation: {degraded}")

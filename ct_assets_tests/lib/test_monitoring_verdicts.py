@@ -73,6 +73,18 @@ def test_performance_rules_name_the_floor_and_the_degradation():
     assert "triggers.max_degradation 0.05" in worse["rules"][-1]
 
 
+def test_a_page_hinkley_alarm_names_the_series_its_value_and_its_settings():
+    errors = [0.05] * 20 + [0.9]  # 20 quiet partitions, then the error jumps
+    rules = performance_rules(0.75, errors, [0.95] * 20 + [0.75], None, CONFIG)
+    assert rules["page_hinkley_alarm"] and not rules["below_floor"]
+    assert rules["rules"] == [
+        "Page-Hinkley: the model's error series (roc_auc turned so that larger is worse, 21 "
+        "measured partitions) rose at this partition, roc_auc 0.7500 (drift.page_hinkley delta "
+        "0.01, threshold 0.25)"]
+    quiet = performance_rules(0.95, [0.05] * 21, [0.95] * 21, None, CONFIG)
+    assert not quiet["page_hinkley_alarm"] and quiet["rules"] == []
+
+
 def test_drift_history_gives_each_partitions_verdict_and_its_most_drifted_features_first():
     quiet = report([("all", "amount", "wasserstein", 0.01, 0.1, None, False),
                     ("all", "channel", "chisquare", 3.0, 0.05, 0.4, False)])
