@@ -1,6 +1,13 @@
-"""Small project configs shared by several test modules (and benchmarks)."""
+"""Small project configs shared by several test modules (and benchmarks), and `ct_json`."""
 
 import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ct_assets import cli
 
 # A `files` dataset of CSVs with an id, a timestamp, a number, a category and a binary label.
 FILES_HEADER = "id,ts,amount,kind,label"
@@ -23,3 +30,12 @@ LOOP_CONFIG = {
     "triggers": {"label_delay": 1, "cooldown": 3},
     "storage": {"dir": "data"},
 }
+
+
+def ct_json(config_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    """`ct --config <path> <args> --json`, in-process: its parsed output (it must exit 0)."""
+    capsys.readouterr()
+    code = cli.main(["--config", str(config_path), *args, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)

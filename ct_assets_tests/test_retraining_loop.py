@@ -17,7 +17,6 @@ leaves every day before a drift untouched, so the copies are exact).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,21 +37,13 @@ from ct_assets_tests.projects import (
     LOOP_FIRST_DAY,
     LOOP_HISTORY,
     LOOP_ROWS_PER_DAY,
+    ct_json,
 )
 
 FIRST_DAY, HISTORY, ROWS_PER_DAY, CONFIG = (LOOP_FIRST_DAY, LOOP_HISTORY, LOOP_ROWS_PER_DAY,
                                              LOOP_CONFIG)
 AFTER = 8
 CHANGE = FIRST_DAY + dt.timedelta(days=HISTORY)
-
-
-def ct(config_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    """`ct --config <path> <args> --json`, in-process; its parsed output."""
-    capsys.readouterr()
-    code = cli.main(["--config", str(config_path), *args, "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out)
 
 
 def land(config_path: Path, first: dt.date, days: int, drift: DriftScenario) -> None:
@@ -82,7 +73,7 @@ def follow(history: Path, target: Path, kind: str, days: int, per_run: int,
     drift = DriftScenario(kind, CHANGE) if kind != "none" else DriftScenario()
     for offset in range(0, days, per_run):
         land(path, CHANGE + dt.timedelta(days=offset), min(per_run, days - offset), drift)
-        summary = ct(path, capsys, "run")
+        summary = ct_json(path, capsys, "run")
         assert summary["failed_runs"] == 0, summary["runs"]
     return path
 
@@ -117,7 +108,7 @@ def test_covariate_drift_gives_exactly_one_retrain(history, tmp_path, capsys, mo
     waited = [e for e in TriggerLog(path.parent / "data").entries() if e["decision"] == "waiting"]
     assert [(e["partition"], "waiting for the labels of" in e["detail"]) for e in waited] == [
         (CHANGE.isoformat(), True)]
-    status = ct(path, capsys, "status")
+    status = ct_json(path, capsys, "status")
     assert status["deployed"]["version"] == model["version"]
     assert status["deployed"]["reason"] == "drift"
     # Its drift reference is the drifted regime, so the six drifted days after the one it was
@@ -160,7 +151,7 @@ def test_concept_drift_retrains_at_most_twice_and_learns_it(history, tmp_path, c
     assert all(e["partition"] for e in entries)
     skipped = [e for e in entries if e["decision"] == "skipped"]
     assert all(": " in e["detail"] for e in skipped)
-    status = ct(path, capsys, "status")
+    status = ct_json(path, capsys, "status")
     assert status["triggers"]["performance_sensor"]["trigger"] == "performance_sensor"
 
 
@@ -184,7 +175,7 @@ def test_online_strategy_learns_each_labelled_partition_through_the_gate(history
     drift = DriftScenario("concept", CHANGE)
     for offset in range(3):
         land(path, CHANGE + dt.timedelta(days=offset), 1, drift)
-        assert ct(path, capsys, "run")["failed_runs"] == 0
+        assert ct_json(path, capsys, "run")["failed_runs"] == 0
     store = ModelStore(load_config(path).models_dir)
     updates = [store.describe(v) for v in store.versions() if store.describe(v)["reason"]
                == "online"]
@@ -212,11 +203,11 @@ def test_online_strategy_learns_each_labelled_partition_through_the_gate(history
             assert f"learned {key} into {update['version']}" in shown["outcome"]
     # Promotions are ordinary versions: deployed with reason online, and rolled back as any.
     promoted = [u for u in judged if u["decision"]["approved"]]
-    status = ct(path, capsys, "status")
+    status = ct_json(path, capsys, "status")
     if promoted:
         assert status["deployed"]["version"] == promoted[-1]["version"]
         assert status["deployed"]["reason"] == "online"
-        rolled = ct(path, capsys, "rollback")
+        rolled = ct_json(path, capsys, "rollback")
         assert rolled["version"] == promoted[-1]["parent"]
     else:
         assert status["deployed"]["version"] == first["version"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import json
 import math
 import shutil
 from contextlib import AbstractContextManager
@@ -35,6 +34,7 @@ from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
 from ct_assets_tests.live import template_instance
+from ct_assets_tests.projects import ct_json
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEC2_EXAMPLE = ROOT / "examples" / "elec2"
@@ -102,13 +102,6 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             texts.append(error.message)
             error = error.cause
     return "\n".join(texts)
-
-
-def ct_json(capsys: pytest.CaptureFixture[str], config_path: Path, *args: str) -> Any:
-    """Run `ct --config <path> <args> --json` in-process and parse its output."""
-    capsys.readouterr()
-    assert cli.main(["--config", str(config_path), *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def predictions_of(config: Config, partition: str) -> pl.DataFrame:
@@ -268,10 +261,10 @@ def test_gate_rejects_and_the_champion_stays(base, tmp_path, capsys):
     assert store.deployed()["version"] == base["version"]
     assert store.status(candidate) == "rejected"
     assert store.describe(candidate)["parent"] == base["version"]
-    listed = {row["version"]: row for row in ct_json(capsys, path, "models")}
+    listed = {row["version"]: row for row in ct_json(path, capsys, "models")}
     assert listed[candidate]["status"] == "rejected"
     assert listed[base["version"]]["status"] == "deployed"
-    status = ct_json(capsys, path, "status")
+    status = ct_json(path, capsys, "status")
     assert status["deployed"]["version"] == base["version"]
     assert status["last_retrain"]["status"] == "rejected"
 
@@ -302,7 +295,7 @@ def test_drift_retrain_deploys_with_reason_drift(base, drifted, capsys):
         [new])["value"].drop_nulls().drop_nans().to_list()
     assert any(value != significant(value) for value in stored), stored
 
-    status = ct_json(capsys, drifted["config_path"], "status")
+    status = ct_json(drifted["config_path"], capsys, "status")
     deployed = status["deployed"]
     assert deployed["version"] == new and deployed["reason"] == "drift"
     assert isinstance(deployed["metrics"], dict) and deployed["metrics"]
@@ -317,9 +310,9 @@ def test_drift_retrain_deploys_with_reason_drift(base, drifted, capsys):
 
 def test_rollback_restores_the_previous_version_for_scoring(drifted, base, tmp_path, capsys):
     path, config = clone(drifted["root"], tmp_path / "project")
-    rolled = ct_json(capsys, path, "rollback")
+    rolled = ct_json(path, capsys, "rollback")
     assert rolled["version"] == base["version"] and rolled["reason"] == "rollback"
-    status = ct_json(capsys, path, "status")
+    status = ct_json(path, capsys, "status")
     assert status["deployed"]["version"] == base["version"]
     assert status["deployed"]["reason"] == "rollback"
     assert set(predictions_of(config, LAST)["model_version"]) == {drifted["version"]}
@@ -350,7 +343,7 @@ def test_tampered_model_is_refused_and_nothing_is_scored(base, tmp_path, capsys)
     assert "predictions" not in materialized(result)
     assert predictions_of(config, SCORED).equals(before)
 
-    status = ct_json(capsys, path, "status")
+    status = ct_json(path, capsys, "status")
     assert status["deployed"]["version"] == base["version"]
     assert cli.main(["--config", str(path), "status"]) == 0
     assert base["version"] in capsys.readouterr().out
@@ -372,12 +365,12 @@ def test_model_dirs_without_a_valid_manifest_are_ignored(base, tmp_path, capsys)
     (models / "zz-files-empty" / MANIFEST).write_text('{"files": {}}', encoding="utf-8")
     (models / ".staging-half-written").mkdir()
 
-    listed = ct_json(capsys, path, "models")
+    listed = ct_json(path, capsys, "models")
     assert [row["version"] for row in listed] == [base["version"]]
     assert listed[0]["status"] == "deployed"
     assert cli.main(["--config", str(path), "models"]) == 0
     assert "zz-" not in capsys.readouterr().out
-    status = ct_json(capsys, path, "status")
+    status = ct_json(path, capsys, "status")
     assert status["models"] == 1 and status["last_retrain"]["version"] == base["version"]
     assert cli.main(["--config", str(path), "rollback", "--to", "zz-files-empty"]) == 2
     assert "no model version 'zz-files-empty'" in capsys.readouterr().err
@@ -387,7 +380,7 @@ def test_model_dirs_without_a_valid_manifest_are_ignored(base, tmp_path, capsys)
     (models / "zzz-hand-made").mkdir()
     (models / "zzz-hand-made" / MANIFEST).write_text('{"files": {"model.txt": "00"}}',
                                                      encoding="utf-8")
-    status = ct_json(capsys, path, "status")
+    status = ct_json(path, capsys, "status")
     assert status["last_retrain"]["version"] == "zzz-hand-made"
     assert status["last_retrain"]["status"] == "candidate"
     assert status["deployed"]["version"] == base["version"]

@@ -10,20 +10,17 @@ reason `online` and rolled back to the version it continued.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 
-from ct_assets import cli
 from ct_assets.lib.config import load_config
 from ct_assets.lib.model_store import ModelStore
 from ct_assets.lib.serving import load_verified
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
+from ct_assets_tests.projects import ct_json
 
 FIRST_DAY, HISTORY, ROWS_PER_DAY = dt.date(2026, 1, 1), 7, 400
 PROJECT = {
@@ -34,15 +31,6 @@ PROJECT = {
     "gate": {"max_regression": 1.0, "min_value": 0.0},  # every judged update is approved
     "storage": {"dir": "data"},
 }
-
-
-def ct(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    """`ct --config <path> <args> --json`, in-process; its parsed output."""
-    capsys.readouterr()
-    code = cli.main(["--config", str(path), *args, "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out)
 
 
 def land(path: Path, first: dt.date, days: int) -> None:
@@ -61,11 +49,11 @@ def test_sgd_updates_are_versions_promoted_through_the_gate_and_rolled_back(tmp_
     path.write_text(yaml.safe_dump(PROJECT), encoding="utf-8")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "data" / "dagster"))
     land(path, FIRST_DAY, HISTORY)
-    assert ct(path, capsys, "run")["failed_runs"] == 0  # the first model, on days 0 … 6
+    assert ct_json(path, capsys, "run")["failed_runs"] == 0  # the first model, on days 0 … 6
     land(path, FIRST_DAY + dt.timedelta(days=HISTORY), 2)  # day 7 labelled: a first update
-    assert ct(path, capsys, "run")["failed_runs"] == 0
+    assert ct_json(path, capsys, "run")["failed_runs"] == 0
     land(path, FIRST_DAY + dt.timedelta(days=HISTORY + 2), 1)  # day 8 labelled: judged on it
-    assert ct(path, capsys, "run")["failed_runs"] == 0
+    assert ct_json(path, capsys, "run")["failed_runs"] == 0
 
     store = ModelStore(load_config(path).models_dir)
     versions = [store.describe(version) for version in store.versions()]
@@ -91,13 +79,13 @@ def test_sgd_updates_are_versions_promoted_through_the_gate_and_rolled_back(tmp_
     assert decision["approved"] and decision["champion_version"] == initial["version"]
     assert f"judged on partition {day(8)}" in decision["notes"][0]
     assert updates[1]["decision"] is None  # judged once day 9's labels are known
-    status = ct(path, capsys, "status")
+    status = ct_json(path, capsys, "status")
     assert (status["deployed"]["version"], status["deployed"]["reason"]) == (
         updates[0]["version"], "online")
 
-    rolled = ct(path, capsys, "rollback")  # back to the version the update continued
+    rolled = ct_json(path, capsys, "rollback")  # back to the version the update continued
     assert rolled["version"] == updates[0]["parent"] == initial["version"]
-    status = ct(path, capsys, "status")
+    status = ct_json(path, capsys, "status")
     assert (status["deployed"]["version"], status["deployed"]["reason"]) == (
         initial["version"], "rollback")
     assert store.deployed()["rolled_back_from"] == updates[0]["version"]
