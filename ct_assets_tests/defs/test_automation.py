@@ -81,6 +81,20 @@ def test_label_sensor_ingests_label_files_by_the_partition_they_became_known(tmp
         assert len(set(keys)) == 3, keys
 
 
+def drift_sensor_of(tmp_path):
+    """A project (`make_config`), its definitions and its `drift_sensor`."""
+    config = make_config(tmp_path)
+    defs = build_definitions(config)
+    return config, defs, defs.resolve_sensor_def("drift_sensor")
+
+
+def drift_failed(instance, partition):
+    """A failed `feature_drift` evaluation flagging `partition`, as `drift_report` records it."""
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("drift_report"), check_name="feature_drift", passed=False,
+        metadata={"first_flagged": partition}))
+
+
 def labelled(instance, *partitions):
     """Record that the labels of `partitions` are known (their performance was measured)."""
     for partition in partitions:
@@ -99,10 +113,7 @@ def status(tmp_path, capsys, *flags):
 
 
 def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path, capsys):
-    config = make_config(tmp_path)
-    defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("drift_sensor")
-    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    config, defs, sensor = drift_sensor_of(tmp_path)
     with dg.instance_for_test() as instance:
         # A retrain already answered a change at Jan 10 (as drift_sensor tags it).
         request = retrain_request("drift", "drift:2026-01-10:1", "drift failed",
@@ -111,13 +122,8 @@ def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path, 
                                     status=dg.DagsterRunStatus.SUCCESS)
         time.sleep(1.1)  # check records keep whole seconds: the failures come after the run
 
-        def fail(partition):
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=check.asset_key, check_name=check.name, passed=False,
-                metadata={"first_flagged": partition}))
-
         labelled(instance, "2026-01-12", "2026-01-14")
-        fail("2026-01-12")  # two partitions later: inside triggers.cooldown (3)
+        drift_failed(instance, "2026-01-12")  # two partitions later: inside triggers.cooldown (3)
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                             definitions=defs))
         assert not tick.run_requests
@@ -129,7 +135,7 @@ def test_drift_sensor_skips_an_event_inside_the_cooldown_and_logs_why(tmp_path, 
             "decision": "skipped", "partition": "2026-01-12", "detail": tick.skip_message}
         assert f"drift_sensor: skipped at {shown['triggers']['drift_sensor']['at']}: " \
                f"{tick.skip_message}" in status(tmp_path, capsys).splitlines()
-        fail("2026-01-14")  # four partitions later: a new change
+        drift_failed(instance, "2026-01-14")  # four partitions later: a new change
         later = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=tick.cursor, definitions=defs))
         assert [r.tags["ct/change_point"] for r in later.run_requests] == ["2026-01-14"]
@@ -169,19 +175,14 @@ def test_late_rows_ask_to_rebuild_the_features_of_the_partitions_that_read_them(
 
 
 def test_a_failure_seen_while_a_retrain_runs_is_judged_again_if_that_retrain_crashes(tmp_path):
-    config = make_config(tmp_path)
-    defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("drift_sensor")
-    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    _, defs, sensor = drift_sensor_of(tmp_path)
     with dg.instance_for_test() as instance:
         running = instance.create_run_for_job(
             defs.resolve_job_def("retrain_job"), tags={"ct/reason": "manual"},
             status=dg.DagsterRunStatus.STARTED)
         time.sleep(1.1)  # check records keep whole seconds: the failure comes after the run
         labelled(instance, "2026-01-12")
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=check.asset_key, check_name=check.name, passed=False,
-            metadata={"first_flagged": "2026-01-12"}))
+        drift_failed(instance, "2026-01-12")
         waiting = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                                definitions=defs))
         assert not waiting.run_requests
@@ -196,10 +197,7 @@ def test_a_failure_seen_while_a_retrain_runs_is_judged_again_if_that_retrain_cra
 
 
 def test_a_drift_retrain_waits_for_the_labels_of_the_partition_where_the_drift_began(tmp_path):
-    config = make_config(tmp_path)  # labels in files, a day after their rows
-    defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("drift_sensor")
-    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    config, defs, sensor = drift_sensor_of(tmp_path)
 
     def tick(cursor):
         return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor,
@@ -208,9 +206,7 @@ def test_a_drift_retrain_waits_for_the_labels_of_the_partition_where_the_drift_b
     def land_and_fail(partition):
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key="raw_events", partition=partition))
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=check.asset_key, check_name=check.name, passed=False,
-            metadata={"first_flagged": partition}))
+        drift_failed(instance, partition)
 
     with dg.instance_for_test() as instance:
         land_and_fail("2026-01-14")
@@ -232,17 +228,12 @@ def test_a_drift_retrain_waits_for_the_labels_of_the_partition_where_the_drift_b
 
 
 def test_a_drift_retrain_goes_without_labels_that_are_overdue(tmp_path):
-    config = make_config(tmp_path)
-    defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("drift_sensor")
-    check = dg.AssetCheckKey(dg.AssetKey("drift_report"), "feature_drift")
+    _, defs, sensor = drift_sensor_of(tmp_path)
     with dg.instance_for_test() as instance:
         for day in ("2026-01-14", "2026-01-15", "2026-01-16"):  # no label for any of them
             instance.report_runless_asset_event(dg.AssetMaterialization(
                 asset_key="raw_events", partition=day))
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=check.asset_key, check_name=check.name, passed=False,
-            metadata={"first_flagged": "2026-01-14"}))
+        drift_failed(instance, "2026-01-14")
         result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                               definitions=defs))
         assert [r.tags["ct/change_point"] for r in result.run_requests] == ["2026-01-14"]
