@@ -361,10 +361,12 @@ def build_check_sensor(config: Config, name: str, asset: str, check: str, reason
             skipped = f"{asset}.{check} failed for {partition}: {blocked}"
             log.record(name, "skipped", partition, skipped)
             return dg.SensorResult(skip_reason=skipped, cursor=str(record.id))
-        waiting = awaiting_labels(
-            config, partition,
-            context.instance.get_materialized_partitions(dg.AssetKey("model_performance")),
-            context.instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+        instance = context.instance
+        waiting = awaiting_labels(  # rows land as files, or as requests `ct serve` answered
+            config, partition, instance.get_materialized_partitions(
+                dg.AssetKey("model_performance")),
+            instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+            | instance.get_materialized_partitions(dg.AssetKey("served_predictions"))
         ) if reason == "drift" else None
         if waiting:  # no cursor: the change stays pending, judged again at every tick
             skipped = f"{asset}.{check} failed for {partition}: {waiting}"

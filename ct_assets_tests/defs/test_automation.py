@@ -8,6 +8,7 @@ import os
 import time
 
 import dagster as dg
+import pytest
 import yaml
 
 from ct_assets import cli
@@ -227,12 +228,13 @@ def test_a_drift_retrain_waits_for_the_labels_of_the_partition_where_the_drift_b
     assert "1 landed since" in log[1]["detail"]
 
 
-def test_a_drift_retrain_goes_without_labels_that_are_overdue(tmp_path):
+@pytest.mark.parametrize("rows", ["raw_events", "served_predictions"])  # landed or served
+def test_a_drift_retrain_goes_without_labels_that_are_overdue(tmp_path, rows):
     _, defs, sensor = drift_sensor_of(tmp_path)
     with dg.instance_for_test() as instance:
         for day in ("2026-01-14", "2026-01-15", "2026-01-16"):  # no label for any of them
             instance.report_runless_asset_event(dg.AssetMaterialization(
-                asset_key="raw_events", partition=day))
+                asset_key=rows, partition=day))
         drift_failed(instance, "2026-01-14")
         result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                               definitions=defs))
