@@ -4,7 +4,9 @@
 `benchmarks/work/loop_latency/` with DEFAULT settings: every sensor at its shipped interval
 (30 s; `$CT_SENSOR_INTERVAL_SECONDS` is removed from the environment), the repository's
 `dagster.yaml`, and the default `ct.yaml` sections (training window 30 partitions, holdout 5,
-LightGBM, gate, drift, triggers) — only `dataset`, `partitions.start` and `storage` are set.
+LightGBM, gate, drift, triggers) — only `dataset`, `partitions.start`, `storage` and two
+triggers settings are set (`cooldown: 0`, and `drift_waits_for_labels: false`: by default a
+drift retrain waits for the drifted day's labels, which land a day later).
 
 Preparation: `--history` clean days of `--rows-per-day` rows land (30 x 10,000 = a 300k-row
 training window); the daemon ingests them and `freshness_sensor` deploys a first model.
@@ -71,7 +73,9 @@ class Bench:
         self.config_path.write_text(yaml.safe_dump({
             "dataset": {"source": "simulator"},
             "partitions": {"start": self.first_day.isoformat()},
-            "triggers": {"cooldown": 0},  # events come a day apart, each a new change
+            # Events come a day apart, each a new change; the retrain is timed from the drifted
+            # day's landing, not from its labels' (a day later): it starts as drift is seen.
+            "triggers": {"cooldown": 0, "drift_waits_for_labels": False},
             "storage": {"dir": str(WORK / "storage")},
         }), encoding="utf-8")
         os.environ["DAGSTER_HOME"] = str(self.home)

@@ -364,6 +364,9 @@ class TriggersConfig(_Section):
     max_degradation: float | None = Field(default=None, ge=0)
     label_delay: int = Field(default=1, ge=0)
     cooldown: int = Field(default=3, ge=0)
+    # A drift retrain waits for the labels of the partition where the drift began, so that it
+    # learns them (`lib.triggers.awaiting_labels`); false: it starts as soon as drift is seen.
+    drift_waits_for_labels: bool = True
 
     @field_validator("max_model_age")
     @classmethod

@@ -55,9 +55,9 @@ def awaiting_labels(config: Config, partition: str, labelled: Collection[str],
     while their labels are still to come: it would refit the old rows and only move the
     drift reference. So it waits until the labels of `partition` are known (its realised
     performance was measured: `labelled`), and then learns them, once. It goes without them
-    when they come with the rows (`dataset.labels` unset and `triggers.label_delay` 0), and
-    when they are overdue: more than `label_delay` partitions `landed` after `partition` and
-    still none known.
+    when they come with the rows (`dataset.labels` unset and `triggers.label_delay` 0), when
+    they are overdue (more than `label_delay` partitions `landed` after `partition` and still
+    none known), and when `triggers.drift_waits_for_labels` is false.
 
     Args:
         config: the project configuration.
@@ -66,8 +66,8 @@ def awaiting_labels(config: Config, partition: str, labelled: Collection[str],
         landed: partitions whose rows landed.
     """
     delay = config.triggers.label_delay
-    if partition == "?" or partition in labelled or (config.dataset.labels is None
-                                                     and delay == 0):
+    if not config.triggers.drift_waits_for_labels or partition == "?" or partition in labelled \
+            or (config.dataset.labels is None and delay == 0):
         return None
     since = sum(key > partition for key in landed)
     if since > delay:

@@ -64,6 +64,11 @@ def test_a_drift_retrain_waits_for_the_drifted_partitions_labels_unless_overdue(
     assert awaiting_labels(config(delay=0, label_files=True), "2026-01-31", set(), landed
                            ) is not None
     assert awaiting_labels(late, "?", set(), landed) is None  # no partition: nothing to wait on
+    at_once = config_from_dict({"dataset": {"source": "simulator",
+                                            "labels": {"landing_dir": "labels"}},
+                                "triggers": {"drift_waits_for_labels": False}},
+                               base_dir=Path("/tmp"))
+    assert awaiting_labels(at_once, "2026-01-31", set(), landed) is None  # switched off
 
 
 def test_weekly_cooldown_counts_weeks():
