@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -42,10 +41,10 @@ from ct_assets.lib.backtest import POLICIES, backtest, chart_png, results_table
 from ct_assets.lib.config import load_config
 from ct_assets.lib.reports import text_table
 from ct_assets.lib.simulator import DriftScenario, write_days
+from ct_assets_tests.projects import ELEC2_PREPARE, elec2_prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PREPARE_ELEC2 = ROOT / "examples" / "elec2" / "prepare.py"
 KINDS = ("covariate", "concept", "prior", "gradual", "segment", "none")
 TRIGGERED = ("drift", "performance", "drift+performance")
 HISTORY, AFTER, CHANGE_DAY, ROWS = 30, 30, 35, 2000
@@ -71,26 +70,13 @@ def replay(config_path: Path, every: int, chart: Path) -> dict:
             "chart": str(chart.relative_to(ROOT))}
 
 
-def elec2_csv() -> Path:
-    """Elec2's `elec.csv`, found as `examples/elec2/prepare.py` finds it ($CT_ELEC2_CSV, …).
-
-    Raises:
-        FileNotFoundError: it is nowhere; the message names the paths tried.
-    """
-    spec = importlib.util.spec_from_file_location("elec2_prepare", PREPARE_ELEC2)
-    assert spec and spec.loader
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
-    return prepare.find_source()
-
-
 def elec2(work: Path) -> dict:
     """Elec2 through every policy, and the reference baselines on the same weeks."""
-    source = elec2_csv()
+    source = elec2_prepare().find_source()  # fails naming the paths tried
     project = work / "elec2"
     project.mkdir()
     shutil.copyfile(ROOT / "examples" / "elec2" / "ct.yaml", project / "ct.yaml")
-    subprocess.run([sys.executable, str(PREPARE_ELEC2),
+    subprocess.run([sys.executable, str(ELEC2_PREPARE),
                     "--source", str(source), "--out", str(project / "data" / "landing")],
                    check=True, capture_output=True)
     result = replay(project / "ct.yaml", 4, RESULTS / "policies_elec2.png")

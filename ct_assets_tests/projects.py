@@ -1,8 +1,11 @@
-"""Small project configs shared by several test modules (and benchmarks), and `ct_json`."""
+"""Small project configs shared by several test modules (and benchmarks), `ct_json`, and the
+Elec2 example's `prepare.py` as a module."""
 
 import datetime as dt
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -39,3 +42,15 @@ def ct_json(config_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)
+
+
+ELEC2_PREPARE = Path(__file__).resolve().parents[1] / "examples" / "elec2" / "prepare.py"
+
+
+def elec2_prepare() -> ModuleType:
+    """`examples/elec2/prepare.py` (not a package module): `find_source`, `prepare`, …"""
+    spec = importlib.util.spec_from_file_location("elec2_prepare", ELEC2_PREPARE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """The Elec2 example end to end: prepare.py lands the real data set, the pipeline ingests it all."""
 
 import datetime as dt
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from ct_assets.lib.ingest import FileCatalog, landed_partitions
 from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG, partition_summary
+from ct_assets_tests.projects import elec2_prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "elec2"
@@ -26,25 +26,16 @@ ELEC2_ROWS = 45_312
 FIRST_WEEK, LAST_WEEK, WEEKS = "1996-05-06", "1998-11-30", 135  # weekly partitions, Mondays
 
 
-def _prepare_module():
-    spec = importlib.util.spec_from_file_location("elec2_prepare", EXAMPLE / "prepare.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def prepare_module():
-    module = _prepare_module()
-    assert module.DEFAULT_SOURCE.is_file(), (
-        f"Elec2 not found at {module.DEFAULT_SOURCE.resolve()}: set CT_ELEC2_CSV to elec.csv")
+    module = elec2_prepare()
+    module.find_source()  # fails naming every path it tried and $CT_ELEC2_CSV
     return module
 
 
 def test_prepare_rebuilds_the_timestamps(prepare_module, tmp_path):
     landing = tmp_path / "landing"
-    assert prepare_module.prepare(prepare_module.DEFAULT_SOURCE, landing) == ELEC2_ROWS
+    assert prepare_module.prepare(prepare_module.find_source(), landing) == ELEC2_ROWS
     files = sorted(p.name for p in landing.iterdir())
     assert files[0] == "elec2_1996-05.csv" and files[-1] == "elec2_1998-12.csv"
     assert not [name for name in files if name.startswith(".")]  # no temporary left behind
@@ -61,7 +52,7 @@ def test_elec2_example_runs_end_to_end(prepare_module, tmp_path):
     config = load_config(tmp_path / "ct.yaml")
     assert config.landing_dir == tmp_path / "data" / "landing"
     assert config.storage_dir == tmp_path / "data"
-    assert prepare_module.prepare(prepare_module.DEFAULT_SOURCE, config.landing_dir) == ELEC2_ROWS
+    assert prepare_module.prepare(prepare_module.find_source(), config.landing_dir) == ELEC2_ROWS
 
     landed, pending = landed_partitions(config, FileCatalog(config.landing_catalog_path))
     assert landed == pending and len(landed) == WEEKS
@@ -116,7 +107,7 @@ def test_a_start_inside_a_week_loses_no_rows(prepare_module, tmp_path):
                                       encoding="utf-8")
     config = load_config(tmp_path / "ct.yaml")
     assert config.partitions.start == dt.date(1996, 5, 7)
-    prepare_module.prepare(prepare_module.DEFAULT_SOURCE, config.landing_dir)
+    prepare_module.prepare(prepare_module.find_source(), config.landing_dir)
     landed, _ = landed_partitions(config, FileCatalog(config.landing_catalog_path))
     partitions_def = build_definitions(config).resolve_job_def("data_job").partitions_def
     assert partitions_def is not None
@@ -135,7 +126,7 @@ def test_missing_elec2_is_one_line_naming_where_it_looked(tmp_path, monkeypatch)
         "CT_ELEC2_CSV to the file's path, or pass --source"]
     assert not (tmp_path / "landing").exists()
     # Without the variable, every default place is named.
-    module = _prepare_module()
+    module = elec2_prepare()
     monkeypatch.delenv("CT_ELEC2_CSV", raising=False)
     monkeypatch.setattr(module, "CANDIDATES", [tmp_path / "a" / "elec.csv", missing])
     with pytest.raises(FileNotFoundError) as caught:

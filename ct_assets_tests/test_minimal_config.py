@@ -10,7 +10,6 @@ validated against the pinned schema. Real files, a real Dagster instance and Duc
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -31,22 +30,18 @@ from ct_assets.lib.quarantine import Quarantine
 from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
+from ct_assets_tests.projects import elec2_prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-PREPARE = ROOT / "examples" / "elec2" / "prepare.py"
 ELEC2_COLUMNS = ["timestamp", "period", "nswprice", "nswdemand", "vicprice", "vicdemand",
                  "transfer", "class"]
 
 
 def elec2_days(days: int, *, first: dt.datetime | None = None) -> pl.DataFrame:
     """The first `days` days of Elec2 with their rebuilt timestamps (moved to `first`)."""
-    spec = importlib.util.spec_from_file_location("elec2_prepare", PREPARE)
-    assert spec and spec.loader
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
-    if not prepare.DEFAULT_SOURCE.is_file():
-        pytest.fail(f"Elec2 not found at {prepare.DEFAULT_SOURCE}: set CT_ELEC2_CSV")
-    frame = prepare.add_timestamps(pl.read_csv(prepare.DEFAULT_SOURCE, n_rows=48 * days))
+    prepare = elec2_prepare()
+    source = prepare.find_source()  # fails naming every path it tried and $CT_ELEC2_CSV
+    frame = prepare.add_timestamps(pl.read_csv(source, n_rows=48 * days))
     if first is not None:
         frame = frame.with_columns(pl.col("timestamp") + (first - prepare.FIRST_DAY))
     return frame

@@ -10,7 +10,6 @@ copied, so the tests stay independent and the file stays fast.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import math
 import shutil
 from contextlib import AbstractContextManager
@@ -34,7 +33,7 @@ from ct_assets.lib.simulator import write_days
 from ct_assets.lib.warehouse import Warehouse
 from ct_assets.runner import RANGE_END_TAG, RANGE_START_TAG
 from ct_assets_tests.live import template_instance
-from ct_assets_tests.projects import ct_json
+from ct_assets_tests.projects import ct_json, elec2_prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEC2_EXAMPLE = ROOT / "examples" / "elec2"
@@ -388,19 +387,10 @@ def test_model_dirs_without_a_valid_manifest_are_ignored(base, tmp_path, capsys)
 
 # --------------------------------------------------------------------------------- Elec2
 
-def _elec2_prepare():
-    spec = importlib.util.spec_from_file_location("elec2_prepare",
-                                                  ELEC2_EXAMPLE / "prepare.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_elec2_landed_data_to_deployed_model_to_predictions(tmp_path):
     rows = 10_000
     source = tmp_path / "elec_head.csv"
-    prepare = _elec2_prepare()
+    prepare = elec2_prepare()
     pl.read_csv(prepare.find_source(), n_rows=rows).write_csv(source)  # fails naming the paths
     shutil.copyfile(ELEC2_EXAMPLE / "ct.yaml", tmp_path / "ct.yaml")
     config = load_config(tmp_path / "ct.yaml")

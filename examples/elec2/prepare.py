@@ -49,7 +49,6 @@ def find_source() -> Path:
     return found
 
 
-DEFAULT_SOURCE = next((path for path in source_paths() if path.is_file()), source_paths()[0])
 DEFAULT_OUT = HERE / "data" / "landing"
 FIRST_DAY = dt.datetime(1996, 5, 7, tzinfo=dt.UTC)
 TIMESTAMP = "timestamp"
